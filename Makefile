@@ -1,0 +1,67 @@
+# One task runner for developers, the README and CI.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# The CPU build lying on this machine's disk; installed before demucs so pip never
+# resolves torch itself (which would pull a multi-GB CUDA build).
+TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-unit test-integration lint format typecheck schemas \
+        contracts-check demo bench ci clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml contracts/pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ./contracts -e '.[dev]'
+	touch $@
+
+install: $(STAMP) ## create .venv and install everything (pinned by constraints.txt)
+
+test: install ## the whole suite: unit + integration on the real emulators
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: install ## only the tests that need no server
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+test-integration: install ## only the tests on the Pub/Sub emulator and fake-gcs-server
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+lint: install ## ruff: lint, import order, formatting
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: install ## mypy --strict on consumer, infra and contracts
+	$(BIN)/mypy consumer infra contracts/stem_contracts
+
+schemas: install ## regenerate contracts/schemas from the models
+	$(BIN)/python -m stem_contracts.schemas write contracts/schemas
+
+contracts-check: ## stem-contracts alone in a fresh venv: its tests pass, torch/demucs absent
+	rm -rf .venv-contracts
+	$(PYTHON) -m venv .venv-contracts
+	.venv-contracts/bin/python -m pip install -q -c constraints.txt ./contracts pytest pytest-timeout pytest-asyncio
+	cd /tmp && $(CURDIR)/.venv-contracts/bin/python -c "import importlib.util as u, sys; \
+	  bad = [m for m in ('torch', 'demucs', 'consumer', 'infra') if u.find_spec(m)]; \
+	  sys.exit(f'stem-contracts venv can import {bad}') if bad else print('contracts venv: torch, demucs, consumer, infra not importable')"
+	.venv-contracts/bin/python -m pytest tests/contracts -m "not integration" -p no:cacheprovider -q
+
+demo: install ## start the emulators, a worker, and separate a generated sample end to end
+	$(BIN)/stemctl demo
+
+bench: install ## the fleet against demucs.api.Separator, side by side (see bench/)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+ci: lint typecheck test contracts-check ## what .ci/run runs
+
+clean: ## remove virtualenvs and caches
+	rm -rf $(VENV) .venv-contracts .pytest_cache .mypy_cache .ruff_cache

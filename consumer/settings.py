@@ -1,0 +1,182 @@
+"""The one typed settings object of the fleet.
+
+Built once at start-up (``Settings()`` reads the environment) and passed down; nothing
+else in ``consumer`` or ``infra`` reads ``os.environ``. Every field is documented with its
+default. Names are promises to operators: extend, never rename.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from stem_contracts import topics
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Worker, CLI and provisioning settings (environment, prefix ``STEM_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STEM_", frozen=True, extra="ignore", validate_by_name=True
+    )
+
+    # --- standard Google variables (no prefix) -------------------------------------------
+    project: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("GOOGLE_CLOUD_PROJECT", "STEM_PROJECT"),
+        description="GOOGLE_CLOUD_PROJECT: the project holding topics and subscriptions. "
+        "Default: unset (commands that need it fail with a clear error).",
+    )
+    pubsub_emulator_host: str | None = Field(
+        default=None,
+        validation_alias="PUBSUB_EMULATOR_HOST",
+        description="PUBSUB_EMULATOR_HOST: host:port of the Pub/Sub emulator. Default: unset "
+        "(real Pub/Sub). The client library reads it too.",
+    )
+    storage_emulator_host: str | None = Field(
+        default=None,
+        validation_alias="STORAGE_EMULATOR_HOST",
+        description="STORAGE_EMULATOR_HOST: URL of fake-gcs-server. Default: unset (real GCS).",
+    )
+
+    # --- topics and subscriptions ---------------------------------------------------------
+    jobs_topic: str = Field(topics.JOBS_TOPIC, description="STEM_JOBS_TOPIC (stem-separate).")
+    jobs_subscription: str = Field(
+        topics.JOBS_SUBSCRIPTION, description="STEM_JOBS_SUBSCRIPTION (stem-separate)."
+    )
+    results_topic: str = Field(
+        topics.RESULTS_TOPIC, description="STEM_RESULTS_TOPIC (stem-results)."
+    )
+    dlq_topic: str = Field(topics.DLQ_TOPIC, description="STEM_DLQ_TOPIC (stem-dlq).")
+    dlq_subscription: str = Field(
+        topics.DLQ_SUBSCRIPTION, description="STEM_DLQ_SUBSCRIPTION (stem-dlq)."
+    )
+
+    # --- buckets --------------------------------------------------------------------------
+    staging_bucket: str = Field(
+        "stem-staging", description="STEM_STAGING_BUCKET: where `submit FILE` stages audio."
+    )
+    output_bucket: str = Field(
+        "stem-output", description="STEM_OUTPUT_BUCKET: default home of the stems."
+    )
+    allowed_buckets: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(),
+        description="STEM_ALLOWED_BUCKETS: comma list of buckets jobs may read or write. "
+        "Default: empty = any bucket.",
+    )
+
+    # --- model ----------------------------------------------------------------------------
+    model: str = Field("htdemucs_6s", description="STEM_MODEL: Demucs model name.")
+    model_repo: Path | None = Field(
+        None,
+        description="STEM_MODEL_REPO: a local Demucs model folder. Default: unset = hub/cache.",
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="STEM_DEVICE: auto picks cuda when available."
+    )
+    segment_overlap: float = Field(
+        0.25, ge=0.0, lt=1.0, description="STEM_SEGMENT_OVERLAP: overlap between segments."
+    )
+    shifts: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="STEM_SHIFTS: random-shift averaging passes (0 = deterministic, "
+        "each extra pass costs one more separation).",
+    )
+
+    # --- limits ---------------------------------------------------------------------------
+    max_audio_seconds: float = Field(
+        1200.0, gt=0, description="STEM_MAX_AUDIO_SECONDS: longest accepted track (20 min)."
+    )
+    max_audio_bytes: int = Field(
+        500 * 1024 * 1024, gt=0, description="STEM_MAX_AUDIO_BYTES: largest source (500 MiB)."
+    )
+    job_timeout_s: float = Field(
+        900.0,
+        gt=0,
+        description="STEM_JOB_TIMEOUT_S: a job running longer is stopped "
+        "and retried (transient). Default 900 s.",
+    )
+    shutdown_grace_s: float = Field(
+        60.0, ge=0, description="STEM_SHUTDOWN_GRACE_S: time in-flight jobs get on SIGTERM."
+    )
+    max_delivery_attempts: int = Field(
+        5,
+        ge=5,
+        le=100,
+        description="STEM_MAX_DELIVERY_ATTEMPTS: deliveries before Pub/Sub dead-letters (5-100).",
+    )
+
+    # --- subscription shape (extensions, used by `infra apply`) ---------------------------
+    ack_deadline_s: int = Field(
+        60,
+        ge=10,
+        le=600,
+        description="STEM_ACK_DEADLINE_S: the subscription's ack deadline. The worker's lease "
+        "manager extends it while a job runs, so a dead worker's message is redelivered "
+        "after at most this long. Default 60 s.",
+    )
+    min_retry_backoff_s: int = Field(
+        10, ge=0, le=600, description="STEM_MIN_RETRY_BACKOFF_S: retry_policy minimum (10 s)."
+    )
+    max_retry_backoff_s: int = Field(
+        300, ge=0, le=600, description="STEM_MAX_RETRY_BACKOFF_S: retry_policy maximum (300 s)."
+    )
+
+    # --- worker ---------------------------------------------------------------------------
+    max_in_flight: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="STEM_MAX_IN_FLIGHT: messages leased at once. 2 = one separating while the "
+        "next downloads and decodes.",
+    )
+    metrics_port: int = Field(
+        9090,
+        ge=0,
+        le=65535,
+        description="STEM_METRICS_PORT: /metrics, /healthz, /readyz (0 = off).",
+    )
+    progress_interval_s: float = Field(
+        5.0, ge=0, description="STEM_PROGRESS_INTERVAL_S: stems.progress cadence (0 = off)."
+    )
+
+    @field_validator("allowed_buckets", mode="before")
+    @classmethod
+    def _split_comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> Settings:
+        if self.min_retry_backoff_s > self.max_retry_backoff_s:
+            raise ValueError("STEM_MIN_RETRY_BACKOFF_S must not exceed STEM_MAX_RETRY_BACKOFF_S")
+        return self
+
+    @property
+    def max_lease_s(self) -> float:
+        """How long the worker keeps a message leased: the job timeout plus slack to report."""
+        return self.job_timeout_s + 120.0
+
+    @property
+    def using_emulators(self) -> bool:
+        return self.pubsub_emulator_host is not None
+
+    def require_project(self) -> str:
+        """The project id, or a clear error when it is not configured."""
+        if not self.project:
+            raise RuntimeError(
+                "GOOGLE_CLOUD_PROJECT is not set (for the emulator any id will do, "
+                "e.g. GOOGLE_CLOUD_PROJECT=stem-local)"
+            )
+        return self.project
+
+    def bucket_allowed(self, bucket: str) -> bool:
+        return not self.allowed_buckets or bucket in self.allowed_buckets

@@ -1,0 +1,233 @@
+"""Wire contract v1: the job and the result events, as frozen pydantic models.
+
+Python names are snake_case; the wire is camelCase (``job.job_id`` ↔ ``"jobId"``). Readers
+ignore unknown fields so producers can add fields in a rolling upgrade; required fields and
+value ranges are strict.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Final, Literal
+from urllib.parse import unquote
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "CONTENT_TYPES",
+    "DEFAULT_MODEL",
+    "FORMATS",
+    "HTDEMUCS_6S_STEMS",
+    "ID_PATTERN",
+    "KNOWN_MODEL_STEMS",
+    "SCHEMA_VERSION",
+    "ErrorInfo",
+    "GcsUri",
+    "Job",
+    "ResultEvent",
+    "SourceInfo",
+    "StemFile",
+    "StemsFailed",
+    "StemsProcessed",
+    "StemsProcessing",
+    "model_version",
+    "split_gcs_uri",
+]
+
+SCHEMA_VERSION: Final = 1
+DEFAULT_MODEL: Final = "htdemucs_6s"
+ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+FORMATS: Final = ("mp3", "wav", "flac")
+CONTENT_TYPES: Final[dict[str, str]] = {
+    "mp3": "audio/mpeg",
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+}
+"""Content type of each audio format, for staged sources and written stems."""
+HTDEMUCS_6S_STEMS: Final = ("drums", "bass", "other", "vocals", "guitar", "piano")
+"""The sources of ``htdemucs_6s``, in the model's own order."""
+KNOWN_MODEL_STEMS: Final[dict[str, tuple[str, ...]]] = {
+    "htdemucs_6s": HTDEMUCS_6S_STEMS,
+    "htdemucs": ("drums", "bass", "other", "vocals"),
+    "htdemucs_ft": ("drums", "bass", "other", "vocals"),
+}
+"""Sources of the models the contract knows; other models are checked by the worker."""
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+
+
+def split_gcs_uri(uri: str) -> tuple[str, str]:
+    """Split ``gs://bucket/path`` into ``(bucket, path)``; ``path`` may be empty."""
+    if not uri.startswith("gs://"):
+        raise ValueError("must start with gs://")
+    bucket, _, path = uri[len("gs://") :].partition("/")
+    return bucket, path
+
+
+def _check_gcs_uri(uri: str) -> str:
+    bucket, path = split_gcs_uri(uri)
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ValueError(f"bucket name {bucket!r} is not a valid GCS bucket name")
+    if not path.strip("/"):
+        raise ValueError("must name an object or prefix after the bucket (gs://bucket/path)")
+    # Object paths are joined under prefixes by the worker: refuse anything that could
+    # climb out of one, including percent-encoded forms and control characters.
+    decoded = unquote(path)
+    if decoded.startswith("/") or "\\" in decoded:
+        raise ValueError("object path must be relative (no leading '/', no backslashes)")
+    if any(segment in (".", "..") for segment in decoded.split("/")):
+        raise ValueError("object path must not contain '.' or '..' segments")
+    if "%2f" in path.lower() or "%5c" in path.lower():
+        raise ValueError("object path must not contain encoded slashes")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in decoded):
+        raise ValueError("object path must not contain control characters")
+    if len(path.encode()) > 1024:
+        raise ValueError("object path is longer than GCS allows (1024 bytes)")
+    return uri
+
+
+GcsUri = Annotated[str, AfterValidator(_check_gcs_uri)]
+"""``gs://bucket/object`` with a valid bucket name and a path that cannot escape its prefix."""
+
+Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+StemName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+def model_version(model: str) -> str:
+    """The ``modelVersion`` of a model: ``htdemucs_6s`` → ``demucs-htdemucs-6s``."""
+    return "demucs-" + model.replace("_", "-")
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(
+        frozen=True,
+        extra="ignore",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        str_strip_whitespace=False,
+    )
+
+
+class Job(_Wire):
+    """A separation job, published to ``stem-separate``."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: Identifier
+    track_id: Identifier
+    source_uri: GcsUri = Field(description="gs://bucket/object of a wav, mp3 or flac file")
+    output_uri: GcsUri | None = Field(
+        default=None,
+        description="gs://bucket/prefix for the stems; default "
+        "gs://$STEM_OUTPUT_BUCKET/stems/{trackId}/{jobId}",
+    )
+    model: ModelName = DEFAULT_MODEL
+    stems: tuple[StemName, ...] | None = Field(
+        default=None, description="subset of the model's sources; default all"
+    )
+    format: Literal["mp3", "wav", "flac"] = "mp3"
+    mp3_bitrate: int = Field(default=320, ge=96, le=320, description="kbit/s, CBR")
+    correlation_id: Annotated[str, StringConstraints(max_length=256)] | None = None
+    submitted_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _check_stems(self) -> Job:
+        if self.stems is None:
+            return self
+        if not self.stems:
+            raise ValueError("stems: must name at least one stem when given")
+        if len(set(self.stems)) != len(self.stems):
+            raise ValueError("stems: names must be unique")
+        known = KNOWN_MODEL_STEMS.get(self.model)
+        if known is not None:
+            unknown = [s for s in self.stems if s not in known]
+            if unknown:
+                raise ValueError(
+                    f"stems: {', '.join(unknown)} not in model {self.model} "
+                    f"(has {', '.join(known)})"
+                )
+        return self
+
+
+class _Event(_Wire):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: Identifier
+    track_id: Identifier
+    correlation_id: str | None = None
+    attempt: int = Field(ge=1, description="the Pub/Sub delivery attempt this event is from")
+
+
+class StemsProcessing(_Event):
+    """A worker started attempt ``attempt`` of the job."""
+
+    event_type: Literal["stems.processing"] = "stems.processing"
+
+
+class StemFile(_Wire):
+    """One stem object written to GCS."""
+
+    name: StemName
+    uri: GcsUri
+    format: Literal["mp3", "wav", "flac"]
+    content_type: str
+    size_bytes: int = Field(ge=0)
+    duration_seconds: float = Field(ge=0)
+    sample_rate: int = Field(gt=0)
+    channels: int = Field(gt=0)
+    sha256: Sha256
+
+
+class SourceInfo(_Wire):
+    """The source audio as decoded."""
+
+    uri: GcsUri
+    duration_seconds: float = Field(ge=0)
+    sample_rate: int = Field(gt=0)
+    channels: int = Field(gt=0)
+
+
+class StemsProcessed(_Event):
+    """The stems are in GCS; ``manifest.json`` beside them holds this same body."""
+
+    event_type: Literal["stems.processed"] = "stems.processed"
+    model_version: str = Field(pattern=r"^demucs-[A-Za-z0-9.-]+$")
+    stems: tuple[StemFile, ...] = Field(min_length=1)
+    source: SourceInfo
+    processing_time_ms: int = Field(ge=0)
+    completed_at: datetime
+
+
+class ErrorInfo(_Wire):
+    """Why a job attempt failed."""
+
+    code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    message: str
+    retryable: bool
+
+
+class StemsFailed(_Event):
+    """An attempt failed; ``final`` is true when no further attempt will follow."""
+
+    event_type: Literal["stems.failed"] = "stems.failed"
+    error: ErrorInfo
+    final: bool
+    failed_at: datetime
+
+
+ResultEvent = Annotated[
+    StemsProcessing | StemsProcessed | StemsFailed, Field(discriminator="event_type")
+]
+"""Any event on ``stem-results``, discriminated by ``eventType``."""

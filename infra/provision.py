@@ -1,0 +1,206 @@
+"""Idempotent provisioning of the fleet's topics, subscriptions and (on the emulator) buckets.
+
+``apply`` reads what exists, compares it with what the settings describe, and creates or
+updates only what differs; a second run reports every resource as ``ok``. ``dry_run``
+reports the same plan and changes nothing. The Terraform in ``infra/terraform`` describes
+the same resources for real projects (plus IAM, which the emulator does not have).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Literal
+
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1, storage
+from google.protobuf import duration_pb2, field_mask_pb2
+
+from consumer.settings import Settings
+
+__all__ = ["DLQ_RETENTION_S", "Change", "ProvisioningError", "apply", "desired_subscriptions"]
+
+DLQ_RETENTION_S = 7 * 24 * 3600
+"""Dead letters are kept for the longest retention Pub/Sub allows: 7 days."""
+
+Action = Literal["create", "update", "ok"]
+
+
+class ProvisioningError(RuntimeError):
+    """The project holds something apply cannot fix in place (e.g. a sub on another topic)."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One resource and what ``apply`` did (or, in a dry run, would do) to it."""
+
+    action: Action
+    kind: Literal["topic", "subscription", "bucket"]
+    name: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.action:<7} {self.kind:<13} {self.name}"
+        return f"{text}  ({self.detail})" if self.detail else text
+
+
+def _duration(seconds: int) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=seconds)
+
+
+def desired_subscriptions(settings: Settings, project: str) -> list[pubsub_v1.types.Subscription]:
+    """The subscriptions the fleet needs, as Pub/Sub protos."""
+    topic = f"projects/{project}/topics/"
+    sub = f"projects/{project}/subscriptions/"
+    jobs = pubsub_v1.types.Subscription(
+        name=sub + settings.jobs_subscription,
+        topic=topic + settings.jobs_topic,
+        ack_deadline_seconds=settings.ack_deadline_s,
+        dead_letter_policy=pubsub_v1.types.DeadLetterPolicy(
+            dead_letter_topic=topic + settings.dlq_topic,
+            max_delivery_attempts=settings.max_delivery_attempts,
+        ),
+        retry_policy=pubsub_v1.types.RetryPolicy(
+            minimum_backoff=_duration(settings.min_retry_backoff_s),
+            maximum_backoff=_duration(settings.max_retry_backoff_s),
+        ),
+    )
+    dlq = pubsub_v1.types.Subscription(
+        name=sub + settings.dlq_subscription,
+        topic=topic + settings.dlq_topic,
+        ack_deadline_seconds=60,
+        message_retention_duration=_duration(DLQ_RETENTION_S),
+    )
+    return [jobs, dlq]
+
+
+# The subscription fields apply manages (topic is fixed at creation).
+_MANAGED_FIELDS = (
+    "ack_deadline_seconds",
+    "dead_letter_policy",
+    "retry_policy",
+    "message_retention_duration",
+)
+
+
+def _differences(
+    want: pubsub_v1.types.Subscription, have: pubsub_v1.types.Subscription
+) -> list[str]:
+    diffs = []
+    for field in _MANAGED_FIELDS:
+        wanted = getattr(want, field)
+        # Only compare what we set: an unset field in `want` leaves the server's default.
+        if field != "ack_deadline_seconds" and field not in want:
+            continue
+        if wanted != getattr(have, field):
+            diffs.append(field)
+    return diffs
+
+
+def _describe(sub: pubsub_v1.types.Subscription) -> str:
+    parts = [f"ack_deadline={sub.ack_deadline_seconds}s"]
+    if "dead_letter_policy" in sub:
+        dlp = sub.dead_letter_policy
+        parts.append(
+            f"dead_letter→{dlp.dead_letter_topic.rsplit('/', 1)[-1]} "
+            f"after {dlp.max_delivery_attempts} attempts"
+        )
+    if "retry_policy" in sub:
+        rp = sub.retry_policy
+        parts.append(
+            f"retry backoff {rp.minimum_backoff.total_seconds():.0f}–"
+            f"{rp.maximum_backoff.total_seconds():.0f}s"
+        )
+    if "message_retention_duration" in sub:
+        parts.append(f"retention {sub.message_retention_duration.total_seconds() / 86400:.0f}d")
+    return ", ".join(parts)
+
+
+def _apply_topics(
+    settings: Settings, project: str, publisher: pubsub_v1.PublisherClient, dry_run: bool
+) -> list[Change]:
+    changes = []
+    for name in (settings.jobs_topic, settings.results_topic, settings.dlq_topic):
+        path = publisher.topic_path(project, name)
+        try:
+            publisher.get_topic(request={"topic": path})
+        except gexc.NotFound:
+            if not dry_run:
+                # Another apply may win the race; that is the state we wanted anyway.
+                with contextlib.suppress(gexc.AlreadyExists):
+                    publisher.create_topic(request={"name": path})
+            changes.append(Change("create", "topic", name))
+        else:
+            changes.append(Change("ok", "topic", name))
+    return changes
+
+
+def _apply_subscriptions(
+    settings: Settings, project: str, subscriber: pubsub_v1.SubscriberClient, dry_run: bool
+) -> list[Change]:
+    changes = []
+    for want in desired_subscriptions(settings, project):
+        short = want.name.rsplit("/", 1)[-1]
+        try:
+            have = subscriber.get_subscription(request={"subscription": want.name})
+        except gexc.NotFound:
+            if not dry_run:
+                with contextlib.suppress(gexc.AlreadyExists):
+                    subscriber.create_subscription(request=want)
+            changes.append(Change("create", "subscription", short, _describe(want)))
+            continue
+        if have.topic != want.topic:
+            raise ProvisioningError(
+                f"subscription {short} is attached to {have.topic}, not {want.topic}; "
+                "a subscription cannot change topic: delete it and run apply again"
+            )
+        diffs = _differences(want, have)
+        if not diffs:
+            changes.append(Change("ok", "subscription", short, _describe(have)))
+            continue
+        if not dry_run:
+            subscriber.update_subscription(
+                request={
+                    "subscription": want,
+                    "update_mask": field_mask_pb2.FieldMask(paths=diffs),
+                }
+            )
+        changes.append(
+            Change("update", "subscription", short, f"{', '.join(diffs)} → {_describe(want)}")
+        )
+    return changes
+
+
+def _apply_buckets(settings: Settings, client: storage.Client, dry_run: bool) -> list[Change]:
+    changes = []
+    for name in sorted({settings.staging_bucket, settings.output_bucket}):
+        if client.lookup_bucket(name) is not None:
+            changes.append(Change("ok", "bucket", name))
+            continue
+        if not dry_run:
+            with contextlib.suppress(gexc.Conflict):
+                client.create_bucket(name)
+        changes.append(Change("create", "bucket", name))
+    return changes
+
+
+def apply(
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    publisher: pubsub_v1.PublisherClient,
+    subscriber: pubsub_v1.SubscriberClient,
+    storage_client: storage.Client | None = None,
+) -> list[Change]:
+    """Bring topics, subscriptions and (given a storage client) buckets to the settings.
+
+    Topics come first: a subscription's dead-letter topic must exist before it. Buckets
+    are only managed when ``storage_client`` is given — the CLI passes one against
+    fake-gcs-server; on real GCP buckets belong to Terraform (lifecycle rules, IAM).
+    """
+    project = settings.require_project()
+    changes = _apply_topics(settings, project, publisher, dry_run)
+    changes += _apply_subscriptions(settings, project, subscriber, dry_run)
+    if storage_client is not None:
+        changes += _apply_buckets(settings, storage_client, dry_run)
+    return changes

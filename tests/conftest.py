@@ -1,0 +1,118 @@
+"""Shared fixtures: the real Pub/Sub emulator and fake-gcs-server, once per session.
+
+Every test gets its own project id and bucket names, so tests never see each other's
+topics, subscriptions or objects although they share the two servers. Imports of the
+fleet packages stay inside fixtures: ``tests/contracts`` also runs in a virtualenv that
+has only ``stem-contracts``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from consumer.settings import Settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_environment() -> None:
+    """Tests must not pick up a developer's STEM_* or Google settings."""
+    for name in list(os.environ):
+        if name.startswith("STEM_") or name in (
+            "GOOGLE_CLOUD_PROJECT",
+            "PUBSUB_EMULATOR_HOST",
+            "STORAGE_EMULATOR_HOST",
+        ):
+            del os.environ[name]
+
+
+@dataclass(frozen=True)
+class Emulators:
+    pubsub_host: str
+    storage_url: str
+
+
+@pytest.fixture(scope="session")
+def emulators() -> Iterator[Emulators]:
+    """Start both servers on free loopback ports; point the client libraries at them."""
+    from infra.emulators import FakeGcsServer, PubSubEmulator
+
+    with PubSubEmulator() as pubsub, FakeGcsServer() as gcs:
+        os.environ["PUBSUB_EMULATOR_HOST"] = pubsub.host
+        os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
+        try:
+            yield Emulators(pubsub.host, gcs.url)
+        finally:
+            del os.environ["PUBSUB_EMULATOR_HOST"]
+            del os.environ["STORAGE_EMULATOR_HOST"]
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short id that makes this test's resource names its own."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def settings(emulators: Emulators, unique: str) -> Settings:
+    """Settings for an isolated project and buckets on the shared emulators.
+
+    Retry backoff is the shortest Pub/Sub allows so redelivery tests stay fast.
+    """
+    from consumer.settings import Settings
+
+    return Settings(
+        project=f"test-{unique}",
+        pubsub_emulator_host=emulators.pubsub_host,
+        storage_emulator_host=emulators.storage_url,
+        staging_bucket=f"staging-{unique}",
+        output_bucket=f"output-{unique}",
+        min_retry_backoff_s=0,
+        max_retry_backoff_s=0,
+        ack_deadline_s=10,
+        metrics_port=0,
+    )
+
+
+@pytest.fixture
+def provisioned(settings: Settings) -> Settings:
+    """``settings`` after ``infra apply``: topics, subscriptions and buckets exist."""
+    from consumer import gcp
+    from infra.provision import apply
+
+    apply(
+        settings,
+        publisher=gcp.publisher_client(settings),
+        subscriber=gcp.subscriber_client(settings),
+        storage_client=gcp.storage_client(settings),
+    )
+    return settings
+
+
+@pytest.fixture
+def pubsub_clients(emulators: Emulators) -> Iterator[tuple[object, object]]:
+    """A (publisher, subscriber) pair on the emulator, closed after the test."""
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        yield publisher, subscriber
+    finally:
+        publisher.stop()
+        publisher.transport.close()
+        subscriber.close()
+
+
+@pytest.fixture
+def gcs(settings: Settings) -> object:
+    """A storage client on fake-gcs-server."""
+    from consumer import gcp
+
+    return gcp.storage_client(settings)

@@ -1,0 +1,121 @@
+"""`infra apply` against the real Pub/Sub emulator and fake-gcs-server."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from consumer import gcp
+from consumer.settings import Settings
+from infra.provision import apply
+from tests.helpers import pull
+
+pytestmark = pytest.mark.integration
+
+
+def _apply(settings: Settings, *, dry_run: bool = False) -> list[tuple[str, str, str]]:
+    changes = apply(
+        settings,
+        dry_run=dry_run,
+        publisher=gcp.publisher_client(settings),
+        subscriber=gcp.subscriber_client(settings),
+        storage_client=gcp.storage_client(settings),
+    )
+    return [(c.action, c.kind, c.name) for c in changes]
+
+
+def test_apply_twice_creates_once_and_then_changes_nothing(settings: Settings) -> None:
+    dry = _apply(settings, dry_run=True)
+    first = _apply(settings)
+    second = _apply(settings)
+
+    assert dry == first
+    assert {(kind, name) for _, kind, name in first} == {
+        ("topic", "stem-separate"),
+        ("topic", "stem-results"),
+        ("topic", "stem-dlq"),
+        ("subscription", "stem-separate"),
+        ("subscription", "stem-dlq"),
+        ("bucket", settings.staging_bucket),
+        ("bucket", settings.output_bucket),
+    }
+    assert {action for action, _, _ in first} == {"create"}
+    assert {action for action, _, _ in second} == {"ok"}
+
+
+def test_dry_run_changes_nothing(settings: Settings, pubsub_clients: Any) -> None:
+    _apply(settings, dry_run=True)
+    publisher, _ = pubsub_clients
+    topics = list(publisher.list_topics(request={"project": f"projects/{settings.project}"}))
+    assert topics == []
+
+
+def test_subscription_read_back_has_dead_letter_and_retry_policies(
+    provisioned: Settings, pubsub_clients: Any
+) -> None:
+    _, subscriber = pubsub_clients
+    project = provisioned.project
+    sub = subscriber.get_subscription(
+        subscription=subscriber.subscription_path(project, "stem-separate")
+    )
+    assert sub.topic == f"projects/{project}/topics/stem-separate"
+    assert sub.dead_letter_policy.dead_letter_topic == f"projects/{project}/topics/stem-dlq"
+    assert sub.dead_letter_policy.max_delivery_attempts == 5
+    assert sub.retry_policy.minimum_backoff.total_seconds() == provisioned.min_retry_backoff_s
+    assert sub.retry_policy.maximum_backoff.total_seconds() == provisioned.max_retry_backoff_s
+    assert sub.ack_deadline_seconds == provisioned.ack_deadline_s
+    dlq = subscriber.get_subscription(
+        subscription=subscriber.subscription_path(project, "stem-dlq")
+    )
+    assert dlq.topic == f"projects/{project}/topics/stem-dlq"
+
+
+def test_apply_updates_a_drifted_subscription_in_place(provisioned: Settings) -> None:
+    changed = provisioned.model_copy(update={"max_delivery_attempts": 9})
+    assert ("update", "subscription", "stem-separate") in _apply(changed)
+    assert ("ok", "subscription", "stem-separate") in _apply(changed)
+
+
+def test_message_nacked_on_every_delivery_reaches_the_dlq_with_dead_letter_attributes(
+    provisioned: Settings, pubsub_clients: Any
+) -> None:
+    publisher, subscriber = pubsub_clients
+    project = provisioned.project
+    topic = publisher.topic_path(project, "stem-separate")
+    jobs_sub = subscriber.subscription_path(project, "stem-separate")
+    dlq_sub = subscriber.subscription_path(project, "stem-dlq")
+    message_id = publisher.publish(topic, b"poison", jobId="j-poison").result()
+
+    # The emulator forwards to the DLQ when it would make delivery number N+1, so keep
+    # pulling (and nacking) the source subscription until the dead letter shows up.
+    deliveries: list[int] = []
+    dead: list[Any] = []
+    deadline = time.monotonic() + 60
+    while not dead and time.monotonic() < deadline:
+        response = subscriber.pull(
+            request={"subscription": jobs_sub, "max_messages": 1, "return_immediately": True},
+            timeout=5,
+        )
+        for received in response.received_messages:
+            deliveries.append(received.delivery_attempt)
+            subscriber.modify_ack_deadline(
+                request={
+                    "subscription": jobs_sub,
+                    "ack_ids": [received.ack_id],
+                    "ack_deadline_seconds": 0,
+                }
+            )
+        dead = pull(subscriber, dlq_sub, 1, timeout_s=0.2)
+
+    assert len(dead) == 1, f"not dead-lettered after deliveries {deliveries}"
+    [dead_message] = dead
+    assert deliveries == list(range(1, provisioned.max_delivery_attempts + 1))
+    assert dead_message.message.data == b"poison"
+    attributes = dict(dead_message.message.attributes)
+    assert attributes["jobId"] == "j-poison"
+    assert attributes["CloudPubSubDeadLetterSourceSubscription"] == "stem-separate"
+    assert attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"
+    assert "CloudPubSubDeadLetterSourceTopicPublishTime" in attributes
+    assert message_id  # the original id is confirmed; the DLQ copy gets its own
