@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import functools
 import logging
 import sys
+import uuid
 from collections.abc import Callable
-from typing import Annotated, ParamSpec, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
 
+import click
 import typer
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
 from pydantic import ValidationError
 
 from consumer import gcp
+from consumer.logs import configure_logging
 from consumer.settings import Settings
+from consumer.watch import event_line, results_subscription, wait_for_result
+from stem_contracts import (
+    Job,
+    JobPublisher,
+    ResultEvent,
+    ResultSubscriber,
+    StemsFailed,
+)
 
 __all__ = ["app", "main"]
 
@@ -30,6 +44,8 @@ app = typer.Typer(
 )
 infra_app = typer.Typer(help="Provision topics, subscriptions and buckets.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
+results_app = typer.Typer(help="Watch result events on stem-results.", no_args_is_help=True)
+app.add_typer(results_app, name="results")
 
 _log = logging.getLogger("stemctl")
 
@@ -50,6 +66,8 @@ def operator_errors(func: Callable[_P, _R]) -> Callable[_P, _R]:
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return func(*args, **kwargs)
+        except (typer.Exit, click.exceptions.Exit):  # both are RuntimeErrors: let them out
+            raise
         except CommandFailed as exc:
             raise _fail(str(exc)) from None
         except ValidationError as exc:
@@ -74,13 +92,6 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise CommandFailed(f"invalid settings: {exc}") from exc
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """Logging is configured here, in the entry point, and nowhere else."""
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
 
 
 @infra_app.command("apply")
@@ -111,6 +122,140 @@ def infra_apply(
     typer.echo(f"{pending} {verb}, {len(changes) - pending} already as wanted")
 
 
+@app.command()
+@operator_errors
+def worker() -> None:
+    """Run a worker: load the model, then pull and separate jobs until SIGTERM/SIGINT."""
+    from consumer.app import build_worker
+
+    settings = load_settings()
+    settings.require_project()
+    runner = build_worker(settings)
+    runner.install_signal_handlers()
+    raise typer.Exit(code=runner.run())
+
+
+class StemFormat(enum.StrEnum):
+    mp3 = "mp3"
+    wav = "wav"
+    flac = "flac"
+
+
+@app.command()
+@operator_errors
+def submit(
+    source: Annotated[
+        str, typer.Argument(help="A local wav/mp3/flac file, or gs://bucket/object.")
+    ],
+    track_id: Annotated[str, typer.Option("--track-id", help="The catalog's track id.")],
+    job_id: Annotated[str | None, typer.Option("--job-id", help="Default: a random id.")] = None,
+    fmt: Annotated[
+        StemFormat, typer.Option("--format", help="Stem format (mp3 is 320k CBR).")
+    ] = StemFormat.mp3,
+    stems: Annotated[
+        str | None, typer.Option("--stems", help="Comma list, e.g. vocals,drums. Default: all.")
+    ] = None,
+    output_uri: Annotated[str | None, typer.Option("--output-uri")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the job's final result event and print it.")
+    ] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds --wait waits.")] = 600.0,
+) -> None:
+    """Submit a job (staging a local file first); with --wait, print its outcome."""
+    settings = load_settings()
+    with contextlib.ExitStack() as stack:
+        # Subscribe before publishing, so the result cannot slip past.
+        results = stack.enter_context(results_subscription(settings)) if wait else None
+        job = _publish_job(
+            settings,
+            source,
+            track_id=track_id,
+            job_id=job_id or uuid.uuid4().hex,
+            fmt=fmt.value,
+            stems=tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None,
+            output_uri=output_uri,
+        )
+        if results is None:
+            return
+        final = wait_for_result(settings, results, job.job_id, timeout)
+    typer.echo(event_line(final))
+    if isinstance(final, StemsFailed):
+        raise typer.Exit(code=1)
+
+
+def _publish_job(
+    settings: Settings,
+    source: str,
+    *,
+    track_id: str,
+    job_id: str,
+    fmt: str,
+    stems: tuple[str, ...] | None,
+    output_uri: str | None,
+) -> Job:
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "track_id": track_id,
+        "output_uri": output_uri,
+        "model": settings.model,
+        "stems": stems,
+        "format": fmt,
+    }
+    with JobPublisher(
+        settings.require_project(),
+        topic=settings.jobs_topic,
+        staging_bucket=settings.staging_bucket,
+        storage_client=gcp.storage_client(settings),
+    ) as publisher:
+        if source.startswith("gs://"):
+            job = Job(source_uri=source, **fields)
+            message_id = publisher.publish(job)
+        else:
+            submitted = publisher.submit_file(Path(source), **fields)
+            job, message_id = submitted.job, submitted.message_id
+    typer.echo(f"submitted job {job.job_id} (message {message_id}) source {job.source_uri}")
+    return job
+
+
+@results_app.command("tail")
+@operator_errors
+def results_tail(
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Stop after this many seconds.")
+    ] = None,
+) -> None:
+    """Print result events (one JSON object per line) as they arrive; Ctrl-C stops."""
+    settings = load_settings()
+
+    def show(event: ResultEvent) -> None:
+        typer.echo(event_line(event))
+
+    with (
+        results_subscription(settings) as (client, name),
+        ResultSubscriber(settings.require_project(), name, on_event=show, subscriber=client) as sub,
+        contextlib.suppress(KeyboardInterrupt),
+    ):
+        sub.run(timeout=timeout)
+
+
+@app.command()
+@operator_errors
+def demo(
+    seconds: Annotated[float, typer.Option("--seconds", help="Length of the sample.")] = 4.0,
+    fmt: Annotated[StemFormat, typer.Option("--format")] = StemFormat.mp3,
+    fetch: Annotated[
+        bool, typer.Option("--fetch", help="Download htdemucs_6s weights when not cached.")
+    ] = False,
+) -> None:
+    """Start the emulators, provision, run a worker, separate a generated sample, stop."""
+    from consumer.demo import run_demo
+
+    raise typer.Exit(code=run_demo(seconds=seconds, fmt=fmt.value, fetch=fetch))
+
+
 def main() -> None:
-    configure_logging()
+    # Logging is configured here, in the entry point, and nowhere else. The demo talks to
+    # a person: it shows progress itself and only warnings from the logs.
+    demo = len(sys.argv) > 1 and sys.argv[1] == "demo"
+    configure_logging(logging.WARNING if demo else logging.INFO)
     app()

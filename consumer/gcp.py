@@ -13,10 +13,12 @@ __all__ = ["publisher_client", "storage_client", "subscriber_client"]
 def storage_client(settings: Settings) -> storage.Client:
     """A GCS client; against fake-gcs-server it uses anonymous credentials."""
     if settings.storage_emulator_host:
-        # The library reads STORAGE_EMULATOR_HOST itself; we only skip credential lookup.
+        # The endpoint comes from the settings object (not the library's own reading of
+        # the environment) so tests can put a fault-injecting proxy in front of it.
         return storage.Client(
             project=settings.project or "stem-local",
             credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options={"api_endpoint": settings.storage_emulator_host},
         )
     return storage.Client(project=settings.project)
 

@@ -139,7 +139,11 @@ class Job(_Wire):
         default=None, description="subset of the model's sources; default all"
     )
     format: Literal["mp3", "wav", "flac"] = "mp3"
-    mp3_bitrate: int = Field(default=320, ge=96, le=320, description="kbit/s, CBR")
+    mp3_bitrate: Literal[96, 112, 128, 160, 192, 224, 256, 320] = Field(
+        default=320,
+        description="kbit/s, CBR; an MPEG-1 Layer III bitrate from 96 to 320 (LAME would "
+        "silently round any other value)",
+    )
     correlation_id: Annotated[str, StringConstraints(max_length=256)] | None = None
     submitted_at: AwareDatetime | None = None
 

@@ -151,6 +151,7 @@ def test_model_version_maps_underscores_to_dashes() -> None:
         ({"format": "ogg"}, "format"),
         ({"mp3Bitrate": 95}, "mp3Bitrate"),
         ({"mp3Bitrate": 321}, "mp3Bitrate"),
+        ({"mp3Bitrate": 100}, "mp3Bitrate"),
         ({"mp3Bitrate": "loud"}, "mp3Bitrate"),
         ({"schemaVersion": 2}, "schemaVersion"),
         ({"stems": ["vocals", "kazoo"]}, "stems"),

@@ -29,8 +29,7 @@ def test_job_schema_states_the_wire_rules() -> None:
     schema = json.loads((SCHEMA_DIR / "job.v1.json").read_text())
     props = schema["properties"]
     assert set(schema["required"]) == {"jobId", "trackId", "sourceUri"}
-    assert props["mp3Bitrate"]["minimum"] == 96
-    assert props["mp3Bitrate"]["maximum"] == 320
+    assert props["mp3Bitrate"]["enum"] == [96, 112, 128, 160, 192, 224, 256, 320]
     assert props["jobId"]["pattern"] == "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
     assert props["format"]["enum"] == ["mp3", "wav", "flac"]
 

@@ -1,0 +1,95 @@
+"""Publishing what happened to a job: result events and dead letters.
+
+``EventPublisher`` is the protocol the handler talks to; ``PubSubEventPublisher`` is the
+adapter. Every publish waits for the server's confirmation — the handler acks a job only
+after its outcome is durably published.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Protocol
+
+from google.cloud import pubsub_v1
+from tenacity import (
+    RetryError,
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from consumer.errors import PublishFailed
+from stem_contracts import StemsFailed, StemsProcessed, StemsProcessing, encode
+from stem_contracts._tracing import inject_trace_attributes
+from stem_contracts.publisher import TRANSIENT_ERRORS
+
+__all__ = ["EventPublisher", "PubSubEventPublisher", "ResultEvent"]
+
+_log = logging.getLogger(__name__)
+
+ResultEvent = StemsProcessing | StemsProcessed | StemsFailed
+
+
+class EventPublisher(Protocol):
+    """Where the handler reports outcomes. Both calls return only once confirmed."""
+
+    def publish_result(self, event: ResultEvent) -> None:
+        """Publish a result event to ``stem-results``."""
+        ...
+
+    def dead_letter(self, data: bytes, attributes: Mapping[str, str]) -> None:
+        """Publish a job's original message (plus reason attributes) to ``stem-dlq``."""
+        ...
+
+
+class PubSubEventPublisher:
+    """:class:`EventPublisher` on Pub/Sub topics."""
+
+    def __init__(
+        self,
+        client: pubsub_v1.PublisherClient,
+        *,
+        project: str,
+        results_topic: str,
+        dlq_topic: str,
+        timeout_s: float = 60.0,
+        attempts: int = 4,
+    ) -> None:
+        self._client = client
+        self._results = client.topic_path(project, results_topic)
+        self._dlq = client.topic_path(project, dlq_topic)
+        self._timeout = timeout_s
+        self._attempts = attempts
+
+    def _publish(self, topic: str, data: bytes, attributes: Mapping[str, str]) -> str:
+        retrying = Retrying(
+            retry=retry_if_exception_type(TRANSIENT_ERRORS),
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential(multiplier=0.2, max=5.0),
+            before_sleep=before_sleep_log(_log, logging.WARNING),
+        )
+        try:
+            message_id: str = retrying(
+                lambda: self._client.publish(topic, data, **attributes).result(self._timeout)
+            )
+        except RetryError as exc:
+            raise PublishFailed(
+                f"publish to {topic} not confirmed: {exc.last_attempt.exception()}"
+            ) from exc
+        except Exception as exc:  # any other failure means the same: not confirmed
+            raise PublishFailed(f"publish to {topic} failed: {exc}") from exc
+        return message_id
+
+    def publish_result(self, event: ResultEvent) -> None:
+        data, attributes = encode(event)
+        self._publish(self._results, data, inject_trace_attributes(attributes))
+
+    def dead_letter(self, data: bytes, attributes: Mapping[str, str]) -> None:
+        self._publish(self._dlq, data, attributes)
+
+    def close(self) -> None:
+        """Flush anything batched and stop the client's threads."""
+        self._client.stop()

@@ -1,0 +1,401 @@
+"""One job, from message bytes to a published outcome. No Pub/Sub or GCS types in here.
+
+The steps, in order (DESIGN.md "Delivery semantics"):
+
+1. decode and validate the job (contract, allowed buckets, model, stems);
+2. publish ``stems.processing``;
+3. if ``{outputUri}/manifest.json`` exists, republish its ``stems.processed`` and stop —
+   a redelivered finished job costs no separation;
+4. download the source (size cap from metadata and while streaming; crc32c verified);
+5. decode (duration cap before decoding all), resample, mono → stereo;
+6. separate (one job at a time on the device: ``separation_lock``);
+7. encode each requested stem, upload it, write ``manifest.json`` last (completion marker);
+8. publish ``stems.processed``; only then is the message acked.
+
+Any failure goes through :func:`consumer.disposition.decide`; if the failure cannot even be
+reported (the publish of ``stems.failed`` or of the dead letter fails) the message is
+nacked, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from consumer import audio
+from consumer.disposition import Action, Disposition, decide
+from consumer.errors import (
+    BucketNotAllowed,
+    InvalidMessage,
+    JobTimeout,
+    PublishFailed,
+    StemError,
+    StemNotInModel,
+    TransientError,
+)
+from consumer.events import EventPublisher
+from consumer.separation import SeparationCancelled, Separator
+from consumer.settings import Settings
+from consumer.storage import BlobStore, join_uri
+from stem_contracts import (
+    ContractError,
+    ErrorInfo,
+    Job,
+    SourceInfo,
+    StemFile,
+    StemsFailed,
+    StemsProcessed,
+    StemsProcessing,
+    decode_event,
+    decode_job,
+    split_gcs_uri,
+)
+
+__all__ = ["Delivery", "HandlerConfig", "JobHandler", "Outcome", "WorkerShutdown"]
+
+_log = logging.getLogger(__name__)
+
+MANIFEST_NAME: Final = "manifest.json"
+_SOURCE_SUFFIXES: Final = {".wav": "wav", ".mp3": "mp3", ".flac": "flac"}
+
+
+class WorkerShutdown(TransientError):
+    """The worker is shutting down and the grace period ran out before the job finished."""
+
+    code = "worker_shutdown"
+
+
+class Outcome(enum.Enum):
+    ACK = "ack"
+    NACK = "nack"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery of a message, stripped of Pub/Sub types."""
+
+    data: bytes
+    attributes: Mapping[str, str]
+    message_id: str
+    delivery_attempt: int = 1
+    publish_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    """The part of the settings a job needs."""
+
+    output_bucket: str
+    allowed_buckets: frozenset[str] = frozenset()
+    model: str = "htdemucs_6s"
+    max_audio_seconds: float = 1200.0
+    max_audio_bytes: int = 500 * 1024 * 1024
+    job_timeout_s: float = 900.0
+    max_delivery_attempts: int = 5
+    workdir: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HandlerConfig:
+        return cls(
+            output_bucket=settings.output_bucket,
+            allowed_buckets=settings.allowed_buckets,
+            model=settings.model,
+            max_audio_seconds=settings.max_audio_seconds,
+            max_audio_bytes=settings.max_audio_bytes,
+            job_timeout_s=settings.job_timeout_s,
+            max_delivery_attempts=settings.max_delivery_attempts,
+        )
+
+
+@dataclass
+class _Attempt:
+    """Book-keeping for one attempt: timings per stage and the deadline."""
+
+    deadline: float
+    stop_requested: Callable[[], bool]
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.stop_requested():
+            raise WorkerShutdown("worker shutting down; the job will be redelivered")
+        if time.monotonic() > self.deadline:
+            raise JobTimeout("job exceeded STEM_JOB_TIMEOUT_S")
+
+    def cancelled(self) -> bool:
+        return self.stop_requested() or time.monotonic() > self.deadline
+
+
+@contextlib.contextmanager
+def _timed(attempt: _Attempt, stage: str) -> Iterator[None]:
+    """Add the time spent in the block to ``attempt.stages[stage]``."""
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        attempt.stages[stage] = attempt.stages.get(stage, 0.0) + time.monotonic() - start
+
+
+def _prevent_clip(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    # What Demucs' own writer does by default (prevent_clip "rescale"): scale the whole
+    # stem down when it would clip, rather than clamp its peaks.
+    peak = float(np.abs(samples).max(initial=0.0))
+    if peak * 1.01 <= 1.0:
+        return samples
+    return (samples / (1.01 * peak)).astype(np.float32, copy=False)
+
+
+class JobHandler:
+    """Runs jobs against a blob store, an event publisher and a separator."""
+
+    def __init__(
+        self,
+        config: HandlerConfig,
+        *,
+        store: BlobStore,
+        events: EventPublisher,
+        separator: Separator,
+        separation_lock: threading.Lock | None = None,
+    ) -> None:
+        self.config = config
+        self._store = store
+        self._events = events
+        self._separator = separator
+        # A device runs one separation at a time; the other in-flight job meanwhile
+        # downloads, decodes, encodes or uploads.
+        self._separation_lock = separation_lock or threading.Lock()
+        self.fatal_error: BaseException | None = None
+        """Set when a job hit an error that means this worker cannot go on."""
+
+    # --- the entry point -----------------------------------------------------------------
+
+    def handle(
+        self, delivery: Delivery, *, stop_requested: Callable[[], bool] = lambda: False
+    ) -> Outcome:
+        """Run one delivery to its end; returns whether to ack or nack the message."""
+        started = time.monotonic()
+        attempt = _Attempt(started + self.config.job_timeout_s, stop_requested)
+        log_extra = {
+            "messageId": delivery.message_id,
+            "deliveryAttempt": delivery.delivery_attempt,
+            "jobId": delivery.attributes.get("jobId"),
+        }
+        job: Job | None = None
+        try:
+            job = self._validate(delivery)
+            self._events.publish_result(
+                StemsProcessing(
+                    job_id=job.job_id,
+                    track_id=job.track_id,
+                    correlation_id=job.correlation_id,
+                    attempt=delivery.delivery_attempt,
+                )
+            )
+            event = self._existing_result(job, delivery)
+            if event is None:
+                event = self._run(job, delivery, attempt, started)
+            self._events.publish_result(event)
+        except Exception as exc:
+            outcome = self._fail(delivery, job, exc)
+            _log.log(
+                logging.WARNING if outcome is Outcome.ACK else logging.ERROR,
+                "job failed",
+                extra={**log_extra, "error": str(exc), "outcome": outcome.value},
+                exc_info=not isinstance(exc, StemError),
+            )
+            return outcome
+        _log.info(
+            "job processed",
+            extra={
+                **log_extra,
+                "durationMs": int((time.monotonic() - started) * 1000),
+                "stages": attempt.stages,
+            },
+        )
+        return Outcome.ACK
+
+    # --- the steps -------------------------------------------------------------------------
+
+    def _validate(self, delivery: Delivery) -> Job:
+        try:
+            job = decode_job(delivery.data)
+        except ContractError as exc:
+            raise InvalidMessage(f"invalid job: {exc}") from exc
+        for uri in (job.source_uri, self._output_prefix(job)):
+            bucket, _ = split_gcs_uri(uri)
+            if self.config.allowed_buckets and bucket not in self.config.allowed_buckets:
+                raise BucketNotAllowed(f"bucket {bucket} is not in STEM_ALLOWED_BUCKETS")
+        if job.model != self.config.model:
+            raise InvalidMessage(
+                f"model {job.model} is not served by this fleet (it runs {self.config.model})"
+            )
+        missing = [s for s in job.stems or () if s not in self._separator.sources]
+        if missing:
+            raise StemNotInModel(
+                f"stem {', '.join(missing)} not in model {job.model} "
+                f"(has {', '.join(self._separator.sources)})"
+            )
+        return job
+
+    def _output_prefix(self, job: Job) -> str:
+        return job.output_uri or (
+            f"gs://{self.config.output_bucket}/stems/{job.track_id}/{job.job_id}"
+        )
+
+    def _existing_result(self, job: Job, delivery: Delivery) -> StemsProcessed | None:
+        data = self._store.read_bytes(join_uri(self._output_prefix(job), MANIFEST_NAME))
+        if data is None:
+            return None
+        try:
+            event = decode_event(data)
+        except ContractError:
+            _log.warning("unreadable manifest; recomputing", extra={"jobId": job.job_id})
+            return None
+        if not isinstance(event, StemsProcessed) or event.job_id != job.job_id:
+            return None
+        _log.info(
+            "job already processed; republishing its result",
+            extra={"jobId": job.job_id, "messageId": delivery.message_id},
+        )
+        return event
+
+    def _run(
+        self, job: Job, delivery: Delivery, attempt: _Attempt, started: float
+    ) -> StemsProcessed:
+        suffix = Path(split_gcs_uri(job.source_uri)[1]).suffix.lower()
+        with tempfile.TemporaryDirectory(prefix="stem-job-", dir=self.config.workdir) as tmp:
+            workdir = Path(tmp)
+            source_path = workdir / f"source{suffix if suffix in _SOURCE_SUFFIXES else ''}"
+
+            with _timed(attempt, "download"):
+                self._store.download(
+                    job.source_uri, source_path, max_bytes=self.config.max_audio_bytes
+                )
+            attempt.check()
+
+            with _timed(attempt, "decode"):
+                decoded = audio.decode(
+                    source_path,
+                    max_seconds=self.config.max_audio_seconds,
+                    target_rate=self._separator.sample_rate,
+                    target_channels=self._separator.audio_channels,
+                )
+            attempt.check()
+
+            source = decoded.source
+            with _timed(attempt, "separate"), self._separation_lock:
+                try:
+                    separated = self._separator.separate(
+                        decoded.samples, cancelled=attempt.cancelled
+                    )
+                except SeparationCancelled:
+                    attempt.check()  # raises the reason: timeout or shutdown
+                    raise
+            del decoded  # the mix is no longer needed; stems are freed one by one below
+
+            wanted = job.stems or self._separator.sources
+            prefix = self._output_prefix(job)
+            files: list[StemFile] = []
+            for name in (s for s in self._separator.sources if s in wanted):
+                attempt.check()
+                with _timed(attempt, "encode"):
+                    encoded = audio.encode(
+                        _prevent_clip(separated.pop(name)),
+                        self._separator.sample_rate,
+                        job.format,
+                        workdir / f"{name}.{job.format}",
+                        mp3_bitrate=job.mp3_bitrate,
+                    )
+                uri = join_uri(prefix, f"{name}.{job.format}")
+                with _timed(attempt, "upload"):
+                    self._store.upload(encoded.path, uri, content_type=encoded.content_type)
+                encoded.path.unlink()
+                files.append(
+                    StemFile(
+                        name=name,
+                        uri=uri,
+                        format=job.format,
+                        content_type=encoded.content_type,
+                        size_bytes=encoded.size_bytes,
+                        duration_seconds=round(encoded.duration_seconds, 6),
+                        sample_rate=encoded.sample_rate,
+                        channels=encoded.channels,
+                        sha256=encoded.sha256,
+                    )
+                )
+
+        event = StemsProcessed(
+            job_id=job.job_id,
+            track_id=job.track_id,
+            correlation_id=job.correlation_id,
+            attempt=delivery.delivery_attempt,
+            model_version=self._separator.model_version,
+            stems=tuple(files),
+            source=SourceInfo(
+                uri=job.source_uri,
+                duration_seconds=round(source.duration_seconds, 6),
+                sample_rate=source.sample_rate,
+                channels=source.channels,
+            ),
+            processing_time_ms=int((time.monotonic() - started) * 1000),
+            completed_at=datetime.now(UTC),
+        )
+        with _timed(attempt, "upload"):
+            self._store.write_bytes(
+                join_uri(prefix, MANIFEST_NAME),
+                event.model_dump_json(by_alias=True, exclude_none=True).encode(),
+                content_type="application/json",
+            )
+        return event
+
+    # --- failure ---------------------------------------------------------------------------
+
+    def _fail(self, delivery: Delivery, job: Job | None, error: Exception) -> Outcome:
+        disposition = decide(error, delivery.delivery_attempt, self.config.max_delivery_attempts)
+        try:
+            if job is not None:
+                self._events.publish_result(self._failed_event(job, delivery, disposition))
+            if disposition.action is Action.DEAD_LETTER:
+                self._events.dead_letter(
+                    delivery.data,
+                    {
+                        **delivery.attributes,
+                        "errorCode": disposition.code,
+                        "errorMessage": disposition.message[:1024],
+                        "deliveryAttempt": str(delivery.delivery_attempt),
+                    },
+                )
+                return Outcome.ACK
+        except PublishFailed:
+            # The outcome could not be recorded: let Pub/Sub redeliver rather than lose it.
+            _log.exception(
+                "could not report a failed job", extra={"messageId": delivery.message_id}
+            )
+        return Outcome.NACK
+
+    @staticmethod
+    def _failed_event(job: Job, delivery: Delivery, disposition: Disposition) -> StemsFailed:
+        return StemsFailed(
+            job_id=job.job_id,
+            track_id=job.track_id,
+            correlation_id=job.correlation_id,
+            attempt=delivery.delivery_attempt,
+            error=ErrorInfo(
+                code=disposition.code,
+                message=disposition.message,
+                retryable=disposition.retryable,
+            ),
+            final=disposition.final,
+            failed_at=datetime.now(UTC),
+        )
