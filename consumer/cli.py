@@ -19,6 +19,7 @@ from google.auth import exceptions as auth_exc
 from pydantic import ValidationError
 
 from consumer import gcp
+from consumer.errors import FatalWorkerError
 from consumer.logs import configure_logging
 from consumer.settings import Settings
 from consumer.watch import event_line, results_subscription, wait_for_result
@@ -81,6 +82,8 @@ def operator_errors(func: Callable[_P, _R]) -> Callable[_P, _R]:
             raise _fail(f"{exc.message} — run `stemctl infra apply` first") from None
         except (gexc.ServiceUnavailable, gexc.DeadlineExceeded) as exc:
             raise _fail(f"Pub/Sub or GCS unreachable: {exc.message}") from None
+        except FatalWorkerError as exc:  # the worker cannot start: its model, its device
+            raise _fail(str(exc)) from None
         except RuntimeError as exc:
             raise _fail(str(exc)) from None
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import logging
+import re
 import tempfile
 import threading
 import time
@@ -50,6 +52,7 @@ from consumer.separation import SeparationCancelled, Separator
 from consumer.settings import Settings
 from consumer.storage import BlobStore, join_uri
 from stem_contracts import (
+    ID_PATTERN,
     ContractError,
     ErrorInfo,
     Job,
@@ -68,7 +71,10 @@ __all__ = ["Delivery", "HandlerConfig", "JobHandler", "Outcome", "WorkerShutdown
 _log = logging.getLogger(__name__)
 
 MANIFEST_NAME: Final = "manifest.json"
+_ID: Final = re.compile(ID_PATTERN)
 _SOURCE_SUFFIXES: Final = {".wav": "wav", ".mp3": "mp3", ".flac": "flac"}
+# Pub/Sub refuses an attribute value over 1024 bytes (bytes, not characters).
+_MAX_ATTRIBUTE_BYTES: Final = 1024
 
 
 class WorkerShutdown(TransientError):
@@ -119,6 +125,37 @@ class HandlerConfig:
         )
 
 
+@dataclass(frozen=True)
+class _JobIds:
+    """Who a failure is about, for ``stems.failed`` — even when the job itself is invalid."""
+
+    job_id: str
+    track_id: str
+    correlation_id: str | None
+
+    @classmethod
+    def of(cls, job: Job | None, data: bytes) -> _JobIds | None:
+        if job is not None:
+            return cls(job.job_id, job.track_id, job.correlation_id)
+        # An invalid job whose ids are still readable gets a stems.failed too, so the
+        # catalog can move the track out of "queued".
+        try:
+            body = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(body, dict):
+            return None
+        job_id, track_id = body.get("jobId"), body.get("trackId")
+        correlation = body.get("correlationId")
+        if not all(isinstance(v, str) and _ID.match(v) for v in (job_id, track_id)):
+            return None
+        return cls(
+            str(job_id),
+            str(track_id),
+            correlation if isinstance(correlation, str) and len(correlation) <= 256 else None,
+        )
+
+
 @dataclass
 class _Attempt:
     """Book-keeping for one attempt: timings per stage and the deadline."""
@@ -145,6 +182,11 @@ def _timed(attempt: _Attempt, stage: str) -> Iterator[None]:
         yield
     finally:
         attempt.stages[stage] = attempt.stages.get(stage, 0.0) + time.monotonic() - start
+
+
+def _truncate_utf8(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, never inside a character."""
+    return text.encode()[:max_bytes].decode(errors="ignore")
 
 
 def _prevent_clip(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -193,7 +235,10 @@ class JobHandler:
         }
         job: Job | None = None
         try:
-            job = self._validate(delivery)
+            job = self._decode(delivery)
+            # Checked once ``job`` is known, so that a refused job still gets its
+            # stems.failed: only an undecodable body has no job ids to report against.
+            self._validate(job)
             self._events.publish_result(
                 StemsProcessing(
                     job_id=job.job_id,
@@ -207,7 +252,7 @@ class JobHandler:
                 event = self._run(job, delivery, attempt, started)
             self._events.publish_result(event)
         except Exception as exc:
-            outcome = self._fail(delivery, job, exc)
+            outcome = self._fail(delivery, _JobIds.of(job, delivery.data), exc)
             _log.log(
                 logging.WARNING if outcome is Outcome.ACK else logging.ERROR,
                 "job failed",
@@ -227,11 +272,14 @@ class JobHandler:
 
     # --- the steps -------------------------------------------------------------------------
 
-    def _validate(self, delivery: Delivery) -> Job:
+    @staticmethod
+    def _decode(delivery: Delivery) -> Job:
         try:
-            job = decode_job(delivery.data)
+            return decode_job(delivery.data)
         except ContractError as exc:
             raise InvalidMessage(f"invalid job: {exc}") from exc
+
+    def _validate(self, job: Job) -> None:
         for uri in (job.source_uri, self._output_prefix(job)):
             bucket, _ = split_gcs_uri(uri)
             if self.config.allowed_buckets and bucket not in self.config.allowed_buckets:
@@ -246,7 +294,6 @@ class JobHandler:
                 f"stem {', '.join(missing)} not in model {job.model} "
                 f"(has {', '.join(self._separator.sources)})"
             )
-        return job
 
     def _output_prefix(self, job: Job) -> str:
         return job.output_uri or (
@@ -361,18 +408,20 @@ class JobHandler:
 
     # --- failure ---------------------------------------------------------------------------
 
-    def _fail(self, delivery: Delivery, job: Job | None, error: Exception) -> Outcome:
+    def _fail(self, delivery: Delivery, ids: _JobIds | None, error: Exception) -> Outcome:
         disposition = decide(error, delivery.delivery_attempt, self.config.max_delivery_attempts)
+        if disposition.worker_must_exit and self.fatal_error is None:
+            self.fatal_error = error  # the runner stops pulling and exits non-zero
         try:
-            if job is not None:
-                self._events.publish_result(self._failed_event(job, delivery, disposition))
+            if ids is not None:
+                self._events.publish_result(self._failed_event(ids, delivery, disposition))
             if disposition.action is Action.DEAD_LETTER:
                 self._events.dead_letter(
                     delivery.data,
                     {
                         **delivery.attributes,
                         "errorCode": disposition.code,
-                        "errorMessage": disposition.message[:1024],
+                        "errorMessage": _truncate_utf8(disposition.message, _MAX_ATTRIBUTE_BYTES),
                         "deliveryAttempt": str(delivery.delivery_attempt),
                     },
                 )
@@ -385,11 +434,11 @@ class JobHandler:
         return Outcome.NACK
 
     @staticmethod
-    def _failed_event(job: Job, delivery: Delivery, disposition: Disposition) -> StemsFailed:
+    def _failed_event(ids: _JobIds, delivery: Delivery, disposition: Disposition) -> StemsFailed:
         return StemsFailed(
-            job_id=job.job_id,
-            track_id=job.track_id,
-            correlation_id=job.correlation_id,
+            job_id=ids.job_id,
+            track_id=ids.track_id,
+            correlation_id=ids.correlation_id,
             attempt=delivery.delivery_attempt,
             error=ErrorInfo(
                 code=disposition.code,

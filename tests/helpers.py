@@ -40,3 +40,20 @@ def pull(
         if not response.received_messages:
             time.sleep(0.1)
     return received
+
+
+def mpeg1_layer3_headers(data: bytes) -> list[tuple[int, int, int]]:
+    """(offset, kbit/s, Hz) of every frame, walking MPEG-1 layer III headers to EOF."""
+    kbps = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 0)
+    rates = (44_100, 48_000, 32_000, 0)
+    headers = []
+    pos = 0
+    while pos < len(data):
+        header = int.from_bytes(data[pos : pos + 4], "big")
+        assert header >> 21 == 0x7FF, f"no frame sync at byte {pos}"
+        assert (header >> 17) & 0b1111 == 0b1101, f"not MPEG-1 layer III at byte {pos}"
+        bitrate, rate = kbps[(header >> 12) & 0xF], rates[(header >> 10) & 0b11]
+        headers.append((pos, bitrate, rate))
+        pos += 144_000 * bitrate // rate + ((header >> 9) & 1)
+    assert pos == len(data), "the last frame runs past the end of the file"
+    return headers

@@ -23,6 +23,7 @@ from demucs.audio import encode_mp3, i16_pcm
 from consumer import audio
 from consumer.audio import CONTENT_TYPES, AudioFormat, decode, encode, probe
 from consumer.errors import AudioTooLong, CorruptAudio, StemError, UnsupportedAudio
+from tests.helpers import mpeg1_layer3_headers
 
 RATE = 44_100
 Audio = npt.NDArray[np.float32]
@@ -70,23 +71,6 @@ def lame(samples: Audio, *, vbr: bool = False) -> bytes:
 def snr_db(reference: Audio, estimate: Audio) -> float:
     noise = reference - estimate
     return float(10 * np.log10(np.sum(reference**2) / np.sum(noise**2)))
-
-
-def mpeg1_layer3_headers(data: bytes) -> list[tuple[int, int, int]]:
-    """(offset, kbit/s, Hz) of every frame, walking MPEG-1 layer III headers to EOF."""
-    kbps = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 0)
-    rates = (44_100, 48_000, 32_000, 0)
-    headers = []
-    pos = 0
-    while pos < len(data):
-        header = int.from_bytes(data[pos : pos + 4], "big")
-        assert header >> 21 == 0x7FF, f"no frame sync at byte {pos}"
-        assert (header >> 17) & 0b1111 == 0b1101, f"not MPEG-1 layer III at byte {pos}"
-        bitrate, rate = kbps[(header >> 12) & 0xF], rates[(header >> 10) & 0b11]
-        headers.append((pos, bitrate, rate))
-        pos += 144_000 * bitrate // rate + ((header >> 9) & 1)
-    assert pos == len(data), "the last frame runs past the end of the file"
-    return headers
 
 
 def flac_declaring(path: Path, total_frames: int) -> Path:
