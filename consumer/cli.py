@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import enum
-import functools
 import logging
 import sys
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
-import click
 import typer
-from google.api_core import exceptions as gexc
-from google.auth import exceptions as auth_exc
-from pydantic import ValidationError
 
 from consumer import gcp
-from consumer.errors import FatalWorkerError
+from consumer.cli_dlq import dlq_app
+from consumer.cli_model import model_app
+from consumer.cli_support import StemFormat, load_settings, operator_errors
 from consumer.logs import configure_logging
 from consumer.settings import Settings
 from consumer.watch import event_line, results_subscription, wait_for_result
@@ -33,9 +28,6 @@ from stem_contracts import (
 
 __all__ = ["app", "main"]
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
 app = typer.Typer(
     name="stemctl",
     help="Operate the stem-fleet separation service.",
@@ -47,54 +39,10 @@ infra_app = typer.Typer(help="Provision topics, subscriptions and buckets.", no_
 app.add_typer(infra_app, name="infra")
 results_app = typer.Typer(help="Watch result events on stem-results.", no_args_is_help=True)
 app.add_typer(results_app, name="results")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(model_app, name="model")
 
 _log = logging.getLogger("stemctl")
-
-
-class CommandFailed(Exception):
-    """A command failed in a way the operator can act on; the message says how."""
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"stemctl: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code=1)
-
-
-def operator_errors(func: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Turn the errors an operator can meet into one clear line and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return func(*args, **kwargs)
-        except (typer.Exit, click.exceptions.Exit):  # both are RuntimeErrors: let them out
-            raise
-        except CommandFailed as exc:
-            raise _fail(str(exc)) from None
-        except ValidationError as exc:
-            raise _fail(f"invalid settings: {exc}") from None
-        except auth_exc.DefaultCredentialsError:
-            raise _fail(
-                "no Google credentials: run `gcloud auth application-default login`, or set "
-                "PUBSUB_EMULATOR_HOST / STORAGE_EMULATOR_HOST to use the emulators"
-            ) from None
-        except gexc.NotFound as exc:
-            raise _fail(f"{exc.message} — run `stemctl infra apply` first") from None
-        except (gexc.ServiceUnavailable, gexc.DeadlineExceeded) as exc:
-            raise _fail(f"Pub/Sub or GCS unreachable: {exc.message}") from None
-        except FatalWorkerError as exc:  # the worker cannot start: its model, its device
-            raise _fail(str(exc)) from None
-        except RuntimeError as exc:
-            raise _fail(str(exc)) from None
-
-    return wrapper
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        raise CommandFailed(f"invalid settings: {exc}") from exc
 
 
 @infra_app.command("apply")
@@ -136,12 +84,6 @@ def worker() -> None:
     runner = build_worker(settings)
     runner.install_signal_handlers()
     raise typer.Exit(code=runner.run())
-
-
-class StemFormat(enum.StrEnum):
-    mp3 = "mp3"
-    wav = "wav"
-    flac = "flac"
 
 
 @app.command()
