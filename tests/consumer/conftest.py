@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import soundfile as sf
-from stem_contracts import Job, ResultEvent, StemsFailed, StemsProcessed, decode_event, encode
 
 from consumer.audio import encode as encode_audio
 from consumer.model_store import write_local_model
@@ -19,6 +18,7 @@ from consumer.runner import Worker
 from consumer.separation import DemucsSeparator
 from consumer.settings import Settings
 from consumer.synth import multi_instrument_mix
+from stem_contracts import Job, ResultEvent, StemsFailed, StemsProcessed, decode_event, encode
 from tests.helpers import pull
 
 MODEL = "htdemucs_6s"
