@@ -21,6 +21,7 @@ from stem_contracts.models import (
     StemsFailed,
     StemsProcessed,
     StemsProcessing,
+    StemsProgress,
     model_version,
     split_gcs_uri,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "StemsFailed",
     "StemsProcessed",
     "StemsProcessing",
+    "StemsProgress",
     "SubmittedJob",
     "crc32c_b64",
     "decode_event",

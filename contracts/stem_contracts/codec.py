@@ -15,6 +15,7 @@ from stem_contracts.models import (
     StemsFailed,
     StemsProcessed,
     StemsProcessing,
+    StemsProgress,
 )
 
 __all__ = [
@@ -31,7 +32,9 @@ MAX_MESSAGE_BYTES: Final = 1_000_000
 
 _EVENT_ADAPTER: Final[TypeAdapter[ResultEvent]] = TypeAdapter(ResultEvent)
 _T = TypeVar("_T")
-_EVENT_TYPES: Final = frozenset({"stems.processing", "stems.processed", "stems.failed"})
+_EVENT_TYPES: Final = frozenset(
+    {"stems.processing", "stems.progress", "stems.processed", "stems.failed"}
+)
 
 
 class FieldProblem(NamedTuple):
@@ -77,7 +80,7 @@ class ContractError(ValueError):
 
 
 def encode(
-    message: Job | StemsProcessing | StemsProcessed | StemsFailed,
+    message: Job | StemsProcessing | StemsProgress | StemsProcessed | StemsFailed,
 ) -> tuple[bytes, dict[str, str]]:
     """Encode a job or an event as ``(data, attributes)`` for ``PublisherClient.publish``.
 

@@ -40,6 +40,7 @@ __all__ = [
     "StemsFailed",
     "StemsProcessed",
     "StemsProcessing",
+    "StemsProgress",
     "model_version",
     "split_gcs_uri",
 ]
@@ -231,7 +232,18 @@ class StemsFailed(_Event):
     failed_at: datetime
 
 
+class StemsProgress(_Event):
+    """How far separation of attempt ``attempt`` has got (at most one per
+    ``STEM_PROGRESS_INTERVAL_S``; informational, may be dropped or arrive out of order
+    with other events — order by ``percent`` within an attempt)."""
+
+    event_type: Literal["stems.progress"] = "stems.progress"
+    percent: float = Field(ge=0, le=100)
+    reported_at: datetime
+
+
 ResultEvent = Annotated[
-    StemsProcessing | StemsProcessed | StemsFailed, Field(discriminator="event_type")
+    StemsProcessing | StemsProgress | StemsProcessed | StemsFailed,
+    Field(discriminator="event_type"),
 ]
 """Any event on ``stem-results``, discriminated by ``eventType``."""

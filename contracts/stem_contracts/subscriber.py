@@ -15,7 +15,13 @@ from opentelemetry import trace
 
 from stem_contracts._tracing import extract_context
 from stem_contracts.codec import ContractError, decode_event
-from stem_contracts.models import ResultEvent, StemsFailed, StemsProcessed, StemsProcessing
+from stem_contracts.models import (
+    ResultEvent,
+    StemsFailed,
+    StemsProcessed,
+    StemsProcessing,
+    StemsProgress,
+)
 
 __all__ = ["ResultSubscriber"]
 
@@ -48,6 +54,7 @@ class ResultSubscriber:
         on_processing: Callable[[StemsProcessing], None] | None = None,
         on_processed: Callable[[StemsProcessed], None] | None = None,
         on_failed: Callable[[StemsFailed], None] | None = None,
+        on_progress: Callable[[StemsProgress], None] | None = None,
         on_event: Callable[[ResultEvent], None] | None = None,
         flow_control: FlowControl | None = None,
         subscriber: pubsub_v1.SubscriberClient | None = None,
@@ -59,6 +66,7 @@ class ResultSubscriber:
             "stems.processing": on_processing,
             "stems.processed": on_processed,
             "stems.failed": on_failed,
+            "stems.progress": on_progress,
         }
         self._on_event = on_event
         self._flow_control = flow_control or FlowControl(max_messages=100)

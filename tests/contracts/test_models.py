@@ -15,6 +15,7 @@ from stem_contracts import (
     StemsFailed,
     StemsProcessed,
     StemsProcessing,
+    StemsProgress,
     decode_event,
     decode_job,
     encode,
@@ -77,6 +78,13 @@ def test_job_round_trips_with_camel_case_on_the_wire_and_defaults_filled() -> No
     "event",
     [
         StemsProcessing(job_id="j-1", track_id="t-1", attempt=1),
+        StemsProgress(
+            job_id="j-1",
+            track_id="t-1",
+            attempt=1,
+            percent=42.5,
+            reported_at=datetime(2026, 1, 1, tzinfo=UTC),
+        ),
         _processed(),
         StemsFailed(
             job_id="j-1",
@@ -87,10 +95,10 @@ def test_job_round_trips_with_camel_case_on_the_wire_and_defaults_filled() -> No
             failed_at=datetime(2026, 1, 1, tzinfo=UTC),
         ),
     ],
-    ids=["processing", "processed", "failed"],
+    ids=["processing", "progress", "processed", "failed"],
 )
 def test_every_result_event_round_trips_and_carries_its_type_attribute(
-    event: StemsProcessing | StemsProcessed | StemsFailed,
+    event: StemsProcessing | StemsProgress | StemsProcessed | StemsFailed,
 ) -> None:
     data, attributes = encode(event)
     assert decode_event(data) == event

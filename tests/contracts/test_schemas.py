@@ -39,6 +39,7 @@ def test_event_schema_discriminates_on_event_type() -> None:
     assert schema["discriminator"]["propertyName"] == "eventType"
     assert set(schema["discriminator"]["mapping"]) == {
         "stems.processing",
+        "stems.progress",
         "stems.processed",
         "stems.failed",
     }
