@@ -11,13 +11,14 @@ from consumer.runner import Worker
 from consumer.separation import DemucsSeparator, Separator
 from consumer.settings import Settings
 from consumer.storage import GcsBlobStore
+from consumer.telemetry import Health, Metrics, TelemetryServer, configure_tracing
 
-__all__ = ["build_worker", "load_separator"]
+__all__ = ["build_worker", "load_separator", "run_worker"]
 
 _log = logging.getLogger(__name__)
 
 
-def load_separator(settings: Settings) -> DemucsSeparator:
+def load_separator(settings: Settings, metrics: Metrics | None = None) -> DemucsSeparator:
     """Load the model once, at start; the worker reports ready only after this."""
     separator = DemucsSeparator.load(
         settings.model,
@@ -26,6 +27,11 @@ def load_separator(settings: Settings) -> DemucsSeparator:
         overlap=settings.segment_overlap,
         shifts=settings.shifts,
     )
+    if metrics is not None:
+        metrics.model_load.set(separator.load_seconds)
+        metrics.model_info.labels(
+            settings.model, separator.model_version, str(separator.device)
+        ).set(1)
     _log.info(
         "model loaded",
         extra={
@@ -38,10 +44,16 @@ def load_separator(settings: Settings) -> DemucsSeparator:
     return separator
 
 
-def build_worker(settings: Settings, separator: Separator | None = None) -> Worker:
+def build_worker(
+    settings: Settings,
+    separator: Separator | None = None,
+    *,
+    metrics: Metrics | None = None,
+    health: Health | None = None,
+) -> Worker:
     """A ready-to-run worker; ``separator`` defaults to the model the settings name."""
     project = settings.require_project()
-    separator = separator or load_separator(settings)
+    separator = separator or load_separator(settings, metrics)
     events = PubSubEventPublisher(
         gcp.publisher_client(settings),
         project=project,
@@ -53,5 +65,30 @@ def build_worker(settings: Settings, separator: Separator | None = None) -> Work
         store=GcsBlobStore(gcp.storage_client(settings)),
         events=events,
         separator=separator,
+        metrics=metrics,
     )
-    return Worker(settings, handler, gcp.subscriber_client(settings), on_stopped=events.close)
+    return Worker(
+        settings, handler, gcp.subscriber_client(settings), on_stopped=events.close, health=health
+    )
+
+
+def run_worker(settings: Settings) -> int:
+    """``stemctl worker``: telemetry up first (so probes answer "not ready" while the model
+    loads), then the model, then pulling until a signal; returns the exit code."""
+    settings.require_project()
+    configure_tracing(settings)
+    metrics, health = Metrics(), Health()
+    server = (
+        TelemetryServer(metrics, health, settings.metrics_port).start()
+        if settings.metrics_port
+        else None
+    )
+    try:
+        separator = load_separator(settings, metrics)
+        health.set(model_loaded=True)
+        worker = build_worker(settings, separator, metrics=metrics, health=health)
+        worker.install_signal_handlers()
+        return worker.run()
+    finally:
+        if server is not None:
+            server.stop()

@@ -77,13 +77,9 @@ def infra_apply(
 @operator_errors
 def worker() -> None:
     """Run a worker: load the model, then pull and separate jobs until SIGTERM/SIGINT."""
-    from consumer.app import build_worker
+    from consumer.app import run_worker
 
-    settings = load_settings()
-    settings.require_project()
-    runner = build_worker(settings)
-    runner.install_signal_handlers()
-    raise typer.Exit(code=runner.run())
+    raise typer.Exit(code=run_worker(load_settings()))
 
 
 @app.command()

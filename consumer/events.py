@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.cloud import pubsub_v1
 from tenacity import (
@@ -22,9 +22,9 @@ from tenacity import (
 )
 
 from consumer.errors import PublishFailed
-from stem_contracts import StemsFailed, StemsProcessed, StemsProcessing, encode
-from stem_contracts._tracing import inject_trace_attributes
+from stem_contracts import StemsFailed, StemsProcessed, StemsProcessing, StemsProgress, encode
 from stem_contracts.publisher import TRANSIENT_ERRORS
+from stem_contracts.tracing import inject_trace_attributes
 
 __all__ = ["EventPublisher", "PubSubEventPublisher", "ResultEvent"]
 
@@ -42,6 +42,10 @@ class EventPublisher(Protocol):
 
     def dead_letter(self, data: bytes, attributes: Mapping[str, str]) -> None:
         """Publish a job's original message (plus reason attributes) to ``stem-dlq``."""
+        ...
+
+    def publish_progress(self, event: StemsProgress) -> None:
+        """Publish a progress event without waiting: best effort, never blocks the job."""
         ...
 
 
@@ -89,6 +93,19 @@ class PubSubEventPublisher:
 
     def dead_letter(self, data: bytes, attributes: Mapping[str, str]) -> None:
         self._publish(self._dlq, data, attributes)
+
+    def publish_progress(self, event: StemsProgress) -> None:
+        data, attributes = encode(event)
+        future = self._client.publish(self._results, data, **inject_trace_attributes(attributes))
+
+        def log_failure(done: Any) -> None:
+            if done.exception() is not None:
+                _log.warning(
+                    "progress event not published",
+                    extra={"jobId": event.job_id, "error": str(done.exception())},
+                )
+
+        future.add_done_callback(log_failure)
 
     def close(self) -> None:
         """Flush anything batched and stop the client's threads."""

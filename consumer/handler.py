@@ -35,6 +35,7 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+from opentelemetry import trace
 
 from consumer import audio
 from consumer.disposition import Action, Disposition, decide
@@ -51,6 +52,7 @@ from consumer.events import EventPublisher
 from consumer.separation import SeparationCancelled, Separator
 from consumer.settings import Settings
 from consumer.storage import BlobStore, join_uri
+from consumer.telemetry import Metrics
 from stem_contracts import (
     ID_PATTERN,
     ContractError,
@@ -61,14 +63,17 @@ from stem_contracts import (
     StemsFailed,
     StemsProcessed,
     StemsProcessing,
+    StemsProgress,
     decode_event,
     decode_job,
     split_gcs_uri,
 )
+from stem_contracts.tracing import extract_context
 
 __all__ = ["Delivery", "HandlerConfig", "JobHandler", "Outcome", "WorkerShutdown"]
 
 _log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("consumer")
 
 MANIFEST_NAME: Final = "manifest.json"
 _ID: Final = re.compile(ID_PATTERN)
@@ -110,6 +115,7 @@ class HandlerConfig:
     max_audio_bytes: int = 500 * 1024 * 1024
     job_timeout_s: float = 900.0
     max_delivery_attempts: int = 5
+    progress_interval_s: float = 0.0
     workdir: Path | None = None
 
     @classmethod
@@ -122,6 +128,7 @@ class HandlerConfig:
             max_audio_bytes=settings.max_audio_bytes,
             job_timeout_s=settings.job_timeout_s,
             max_delivery_attempts=settings.max_delivery_attempts,
+            progress_interval_s=settings.progress_interval_s,
         )
 
 
@@ -162,6 +169,7 @@ class _Attempt:
 
     deadline: float
     stop_requested: Callable[[], bool]
+    metrics: Metrics | None = None
     stages: dict[str, float] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -176,12 +184,16 @@ class _Attempt:
 
 @contextlib.contextmanager
 def _timed(attempt: _Attempt, stage: str) -> Iterator[None]:
-    """Add the time spent in the block to ``attempt.stages[stage]``."""
+    """Time the block as ``stage``: a child span, the attempt's log record, the histogram."""
     start = time.monotonic()
     try:
-        yield
+        with _tracer.start_as_current_span(f"stem.{stage}"):
+            yield
     finally:
-        attempt.stages[stage] = attempt.stages.get(stage, 0.0) + time.monotonic() - start
+        elapsed = time.monotonic() - start
+        attempt.stages[stage] = attempt.stages.get(stage, 0.0) + elapsed
+        if attempt.metrics is not None:
+            attempt.metrics.stage_duration.labels(stage).observe(elapsed)
 
 
 def _truncate_utf8(text: str, max_bytes: int) -> str:
@@ -209,8 +221,10 @@ class JobHandler:
         events: EventPublisher,
         separator: Separator,
         separation_lock: threading.Lock | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self._store = store
         self._events = events
         self._separator = separator
@@ -225,15 +239,55 @@ class JobHandler:
     def handle(
         self, delivery: Delivery, *, stop_requested: Callable[[], bool] = lambda: False
     ) -> Outcome:
-        """Run one delivery to its end; returns whether to ack or nack the message."""
+        """Run one delivery to its end; returns whether to ack or nack the message.
+
+        The job's span continues the trace of the ``traceparent`` attribute (the
+        publisher's), and the result events carry this span's context onwards.
+        """
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.in_flight.inc()
+            metrics.delivery_attempt.observe(delivery.delivery_attempt)
+            if delivery.publish_time is not None:
+                wait = (datetime.now(UTC) - delivery.publish_time).total_seconds()
+                metrics.queue_wait.observe(max(0.0, wait))
         started = time.monotonic()
-        attempt = _Attempt(started + self.config.job_timeout_s, stop_requested)
-        log_extra = {
+        with _tracer.start_as_current_span(
+            "stem.job",
+            context=extract_context(delivery.attributes),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "gcp_pubsub",
+                "messaging.message.id": delivery.message_id,
+                "stem.job_id": delivery.attributes.get("jobId", ""),
+                "stem.delivery_attempt": delivery.delivery_attempt,
+            },
+        ) as span:
+            try:
+                outcome, label, code = self._handle(delivery, stop_requested, started)
+            finally:
+                if metrics is not None:
+                    metrics.in_flight.dec()
+            span.set_attribute("stem.outcome", label)
+            if code != "none":
+                span.set_status(trace.Status(trace.StatusCode.ERROR, code))
+        if metrics is not None:
+            metrics.jobs.labels(label, code).inc()
+            metrics.job_duration.labels(label).observe(time.monotonic() - started)
+        return outcome
+
+    def _handle(
+        self, delivery: Delivery, stop_requested: Callable[[], bool], started: float
+    ) -> tuple[Outcome, str, str]:
+        attempt = _Attempt(started + self.config.job_timeout_s, stop_requested, self.metrics)
+        log_extra: dict[str, object] = {
             "messageId": delivery.message_id,
             "deliveryAttempt": delivery.delivery_attempt,
             "jobId": delivery.attributes.get("jobId"),
+            "trackId": delivery.attributes.get("trackId"),
         }
         job: Job | None = None
+        duplicate = False
         try:
             job = self._decode(delivery)
             # Checked once ``job`` is known, so that a refused job still gets its
@@ -248,27 +302,42 @@ class JobHandler:
                 )
             )
             event = self._existing_result(job, delivery)
+            duplicate = event is not None
             if event is None:
                 event = self._run(job, delivery, attempt, started)
-            self._events.publish_result(event)
+            with _timed(attempt, "publish"):
+                self._events.publish_result(event)
         except Exception as exc:
-            outcome = self._fail(delivery, _JobIds.of(job, delivery.data), exc)
+            disposition, outcome = self._fail(delivery, _JobIds.of(job, delivery.data), exc)
             _log.log(
                 logging.WARNING if outcome is Outcome.ACK else logging.ERROR,
                 "job failed",
-                extra={**log_extra, "error": str(exc), "outcome": outcome.value},
+                extra={
+                    **log_extra,
+                    "errorCode": disposition.code,
+                    "error": disposition.message,
+                    "outcome": outcome.value,
+                    "durationMs": int((time.monotonic() - started) * 1000),
+                    "stages": attempt.stages,
+                },
                 exc_info=not isinstance(exc, StemError),
             )
-            return outcome
+            label = "dead_lettered" if outcome is Outcome.ACK else "retried"
+            return outcome, label, disposition.code
+        elapsed = time.monotonic() - started
+        if self.metrics is not None and not duplicate:
+            self.metrics.audio_seconds.inc(event.source.duration_seconds)
+            self.metrics.realtime_factor.observe(event.source.duration_seconds / max(elapsed, 1e-6))
         _log.info(
-            "job processed",
+            "job already processed" if duplicate else "job processed",
             extra={
                 **log_extra,
-                "durationMs": int((time.monotonic() - started) * 1000),
-                "stages": attempt.stages,
+                "durationMs": int(elapsed * 1000),
+                "audioSeconds": event.source.duration_seconds,
+                "stages": {k: round(v, 4) for k, v in attempt.stages.items()},
             },
         )
-        return Outcome.ACK
+        return Outcome.ACK, "duplicate" if duplicate else "processed", "none"
 
     # --- the steps -------------------------------------------------------------------------
 
@@ -344,7 +413,9 @@ class JobHandler:
             with _timed(attempt, "separate"), self._separation_lock:
                 try:
                     separated = self._separator.separate(
-                        decoded.samples, cancelled=attempt.cancelled
+                        decoded.samples,
+                        progress=self._progress_reporter(job, delivery),
+                        cancelled=attempt.cancelled,
                     )
                 except SeparationCancelled:
                     attempt.check()  # raises the reason: timeout or shutdown
@@ -406,9 +477,37 @@ class JobHandler:
             )
         return event
 
+    def _progress_reporter(self, job: Job, delivery: Delivery) -> Callable[[float], None] | None:
+        """A progress callback publishing ``stems.progress`` at most once an interval."""
+        interval = self.config.progress_interval_s
+        if interval <= 0:
+            return None
+        last = time.monotonic()
+
+        def report(fraction: float) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last < interval:
+                return
+            last = now
+            self._events.publish_progress(
+                StemsProgress(
+                    job_id=job.job_id,
+                    track_id=job.track_id,
+                    correlation_id=job.correlation_id,
+                    attempt=delivery.delivery_attempt,
+                    percent=round(min(max(fraction, 0.0), 1.0) * 100, 1),
+                    reported_at=datetime.now(UTC),
+                )
+            )
+
+        return report
+
     # --- failure ---------------------------------------------------------------------------
 
-    def _fail(self, delivery: Delivery, ids: _JobIds | None, error: Exception) -> Outcome:
+    def _fail(
+        self, delivery: Delivery, ids: _JobIds | None, error: Exception
+    ) -> tuple[Disposition, Outcome]:
         disposition = decide(error, delivery.delivery_attempt, self.config.max_delivery_attempts)
         if disposition.worker_must_exit and self.fatal_error is None:
             self.fatal_error = error  # the runner stops pulling and exits non-zero
@@ -425,13 +524,13 @@ class JobHandler:
                         "deliveryAttempt": str(delivery.delivery_attempt),
                     },
                 )
-                return Outcome.ACK
+                return disposition, Outcome.ACK
         except PublishFailed:
             # The outcome could not be recorded: let Pub/Sub redeliver rather than lose it.
             _log.exception(
                 "could not report a failed job", extra={"messageId": delivery.message_id}
             )
-        return Outcome.NACK
+        return disposition, Outcome.NACK
 
     @staticmethod
     def _failed_event(ids: _JobIds, delivery: Delivery, disposition: Disposition) -> StemsFailed:

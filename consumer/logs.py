@@ -13,6 +13,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace
+
 __all__ = ["JsonFormatter", "configure_logging"]
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
@@ -29,6 +31,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        # Formatting runs in the logging thread, inside the span that logged: join the two.
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            payload["traceId"] = format(span.trace_id, "032x")
+            payload["spanId"] = format(span.span_id, "016x")
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 payload[key] = value

@@ -32,6 +32,7 @@ from google.cloud.pubsub_v1.types import FlowControl
 
 from consumer.handler import Delivery, JobHandler, Outcome
 from consumer.settings import Settings
+from consumer.telemetry import Health
 
 __all__ = ["Worker", "flow_control_for"]
 
@@ -61,6 +62,7 @@ class Worker:
         subscriber: pubsub_v1.SubscriberClient,
         *,
         on_stopped: Callable[[], None] | None = None,
+        health: Health | None = None,
     ) -> None:
         self._settings = settings
         self._handler = handler
@@ -72,6 +74,7 @@ class Worker:
         self._fatal = threading.Event()
         self._signals = 0
         self.ready = threading.Event()
+        self.health = health or Health()
         self.in_flight = 0
         self._lock = threading.Lock()
 
@@ -122,6 +125,7 @@ class Worker:
         self._stop_at = time.monotonic() + self._settings.shutdown_grace_s
         self._stopping.set()
         self.ready.clear()
+        self.health.set(stopping=True)
         if self._future is not None:
             # Returns at once; the pull future resolves after in-flight callbacks finish
             # (await_callbacks_on_shutdown) and held-back messages are nacked.
@@ -153,6 +157,7 @@ class Worker:
         if self._stopping.is_set():  # a signal arrived before we subscribed
             self._future.cancel()
         self.ready.set()
+        self.health.set(pulling=True)
         _log.info("worker pulling", extra={"subscription": path})
         exit_code = 0
         try:
@@ -163,6 +168,7 @@ class Worker:
                 exit_code = 1
         finally:
             self.ready.clear()
+            self.health.set(pulling=False)
             if self._on_stopped is not None:
                 self._on_stopped()
         if self._fatal.is_set():

@@ -44,6 +44,26 @@ class Settings(BaseSettings):
         description="STORAGE_EMULATOR_HOST: URL of fake-gcs-server. Default: unset (real GCS).",
     )
 
+    # --- OpenTelemetry (standard variables; the SDK reads the rest, e.g. headers) ----------
+    otel_traces_exporter: Literal["otlp", "console", "none"] | None = Field(
+        default=None,
+        validation_alias="OTEL_TRACES_EXPORTER",
+        description="OTEL_TRACES_EXPORTER: otlp, console or none. Default: otlp when an OTLP "
+        "endpoint is set, else none.",
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
+        ),
+        description="OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT: where spans go. Default: unset.",
+    )
+    otel_service_name: str = Field(
+        "stem-fleet-worker",
+        validation_alias="OTEL_SERVICE_NAME",
+        description="OTEL_SERVICE_NAME: the service name on spans (stem-fleet-worker).",
+    )
+
     # --- topics and subscriptions ---------------------------------------------------------
     jobs_topic: str = Field(topics.JOBS_TOPIC, description="STEM_JOBS_TOPIC (stem-separate).")
     jobs_subscription: str = Field(

@@ -21,7 +21,14 @@ from consumer.errors import AudioTooLarge, PublishFailed, SourceMissing
 from consumer.events import ResultEvent
 from consumer.separation import CancelledFn, ProgressFn, SeparationCancelled
 from consumer.storage import BlobInfo
-from stem_contracts import HTDEMUCS_6S_STEMS, crc32c_b64, encode, model_version, split_gcs_uri
+from stem_contracts import (
+    HTDEMUCS_6S_STEMS,
+    StemsProgress,
+    crc32c_b64,
+    encode,
+    model_version,
+    split_gcs_uri,
+)
 
 __all__ = [
     "CountingSeparator",
@@ -154,6 +161,7 @@ class RecordingEventPublisher:
     def __init__(self) -> None:
         self.results: list[ResultEvent] = []
         self.dead_letters: list[DeadLetter] = []
+        self.progress: list[StemsProgress] = []
         self._failures = _Failures()
 
     def fail_next(self, method: str, *, times: int = 1, event_type: str | None = None) -> None:
@@ -175,6 +183,10 @@ class RecordingEventPublisher:
         self._failures.raise_if_queued("dead_letter")
         _check_attributes(attributes)
         self.dead_letters.append(DeadLetter(data, dict(attributes)))
+
+    def publish_progress(self, event: StemsProgress) -> None:
+        encode(event)
+        self.progress.append(event)
 
     @property
     def event_types(self) -> list[str]:

@@ -27,7 +27,7 @@ from tenacity import (
 )
 
 from stem_contracts import topics
-from stem_contracts._tracing import inject_trace_attributes
+from stem_contracts.tracing import inject_trace_attributes
 from stem_contracts.codec import encode
 from stem_contracts.models import CONTENT_TYPES, DEFAULT_MODEL, Job
 

@@ -1,4 +1,7 @@
-"""W3C trace context in message attributes (no SDK needed: the API is enough)."""
+"""W3C trace context in message attributes (no SDK needed: the API is enough).
+
+Used by the publisher, the result subscriber and the worker, so one trace runs from
+ingestion through the worker to the catalog."""
 
 from __future__ import annotations
 
