@@ -26,6 +26,8 @@ def load_separator(settings: Settings, metrics: Metrics | None = None) -> Demucs
         device=settings.device,
         overlap=settings.segment_overlap,
         shifts=settings.shifts,
+        batch_size=settings.segment_batch,
+        precision=settings.precision,
     )
     if metrics is not None:
         metrics.model_load.set(separator.load_seconds)

@@ -49,7 +49,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
 import julius
 import lameenc
@@ -66,6 +66,7 @@ __all__ = [
     "CONTENT_TYPES",
     "AudioFormat",
     "AudioInfo",
+    "BlockSource",
     "DecodedAudio",
     "EncodedAudio",
     "decode",
@@ -205,8 +206,35 @@ def decode(
     return DecodedAudio(samples, target_rate, replace(info, frames=len(frames)))
 
 
+class BlockSource(Protocol):
+    """Float samples handed out block by block, so a long stem need not be in memory."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(channels, frames)``."""
+        ...
+
+    def blocks(self, block_frames: int) -> Iterator[npt.NDArray[np.float32]]:
+        """Consecutive float32 ``[channels, n]`` blocks covering every frame once."""
+        ...
+
+
+class _ArraySource:
+    def __init__(self, samples: npt.NDArray[np.floating[Any]]) -> None:
+        if samples.ndim != 2 or not np.issubdtype(samples.dtype, np.floating):
+            raise ValueError(
+                f"samples must be float [channels, frames], got {samples.dtype} {samples.shape}"
+            )
+        self._samples = samples
+        self.shape: tuple[int, int] = (samples.shape[0], samples.shape[1])
+
+    def blocks(self, block_frames: int) -> Iterator[npt.NDArray[np.float32]]:
+        for start in range(0, self.shape[1], block_frames):
+            yield self._samples[:, start : start + block_frames].astype(np.float32, copy=False)
+
+
 def encode(
-    samples: npt.NDArray[np.floating[Any]],
+    samples: npt.NDArray[np.floating[Any]] | BlockSource,
     sample_rate: int,
     fmt: AudioFormat,
     dest: Path,
@@ -216,16 +244,19 @@ def encode(
 ) -> EncodedAudio:
     """Write float ``[channels, frames]`` samples to ``dest`` as 16-bit wav/flac or CBR mp3.
 
-    Samples are clamped to [-1, 1]; preventing clipping (Demucs' ``prevent_clip``) is the
-    caller's choice. A failed write leaves no file behind.
+    ``samples`` is an array or a :class:`BlockSource` (streamed block by block). Samples
+    are clamped to [-1, 1]; preventing clipping (Demucs' ``prevent_clip``) is the caller's
+    choice. A failed write leaves no file behind. The encoders release the GIL: stems can
+    be encoded in parallel threads.
     """
-    _check_encodable(samples, sample_rate, fmt, mp3_bitrate, mp3_quality)
-    channels, frames = samples.shape
+    source = _ArraySource(samples) if isinstance(samples, np.ndarray) else samples
+    _check_encodable(source, sample_rate, fmt, mp3_bitrate, mp3_quality)
+    channels, frames = source.shape
     try:
         if fmt == "mp3":
-            digest = _write_mp3(samples, sample_rate, dest, mp3_bitrate, mp3_quality)
+            digest = _write_mp3(source, sample_rate, dest, mp3_bitrate, mp3_quality)
         else:
-            _write_pcm16(samples, sample_rate, fmt, dest)
+            _write_pcm16(source, sample_rate, fmt, dest)
             # libsndfile rewrites the header on close: hash what ended up on disk.
             digest = _sha256_file(dest)
         size = dest.stat().st_size
@@ -536,7 +567,7 @@ def _convert(
 
 
 def _check_encodable(
-    samples: npt.NDArray[np.floating[Any]],
+    samples: BlockSource,
     sample_rate: int,
     fmt: str,
     mp3_bitrate: int,
@@ -544,8 +575,6 @@ def _check_encodable(
 ) -> None:
     if fmt not in CONTENT_TYPES:
         raise ValueError(f"unknown audio format {fmt!r}; expected one of {sorted(CONTENT_TYPES)}")
-    if samples.ndim != 2 or not np.issubdtype(samples.dtype, np.floating):
-        raise ValueError(f"samples must be float [channels, frames], got {samples.dtype}")
     channels, frames = samples.shape
     max_channels = 2 if fmt == "mp3" else _MAX_CHANNELS
     if not 1 <= channels <= max_channels or frames == 0:
@@ -561,18 +590,19 @@ def _check_encodable(
             raise ValueError(f"LAME quality must be 0-9, got {mp3_quality}")
 
 
-def _pcm16_blocks(samples: npt.NDArray[np.floating[Any]]) -> Iterator[npt.NDArray[np.int16]]:
+def _pcm16_blocks(samples: BlockSource) -> Iterator[npt.NDArray[np.int16]]:
     """Interleaved ``[frames, channels]`` int16 blocks, quantised as ``demucs.audio.i16_pcm``."""
-    for start in range(0, samples.shape[1], _ENCODE_BLOCK_FRAMES):
-        block = samples[:, start : start + _ENCODE_BLOCK_FRAMES].astype(np.float32, copy=False)
+    start = 0
+    for block in samples.blocks(_ENCODE_BLOCK_FRAMES):
         if not np.isfinite(block).all():
             raise ValueError(f"non-finite samples in frames {start}-{start + block.shape[1]}")
+        start += block.shape[1]
         pcm = (np.clip(block, -1.0, 1.0) * (2**15 - 1)).astype(np.int16)  # truncates, as .short()
         yield np.ascontiguousarray(pcm.T)
 
 
 def _write_mp3(
-    samples: npt.NDArray[np.floating[Any]],
+    samples: BlockSource,
     sample_rate: int,
     dest: Path,
     bitrate: int,
@@ -597,9 +627,7 @@ def _write_mp3(
     return digest.hexdigest()
 
 
-def _write_pcm16(
-    samples: npt.NDArray[np.floating[Any]], sample_rate: int, fmt: AudioFormat, dest: Path
-) -> None:
+def _write_pcm16(samples: BlockSource, sample_rate: int, fmt: AudioFormat, dest: Path) -> None:
     with sf.SoundFile(
         str(dest),
         "w",

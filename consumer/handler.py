@@ -19,22 +19,24 @@ nacked, so nothing is lost.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import enum
 import json
 import logging
+import os
 import re
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-import numpy as np
-import numpy.typing as npt
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from consumer import audio
@@ -51,6 +53,7 @@ from consumer.errors import (
 from consumer.events import EventPublisher
 from consumer.separation import SeparationCancelled, Separator
 from consumer.settings import Settings
+from consumer.stems import DEFAULT_MEMORY_LIMIT_BYTES, StemSpool
 from consumer.storage import BlobStore, join_uri
 from consumer.telemetry import Metrics
 from stem_contracts import (
@@ -116,6 +119,10 @@ class HandlerConfig:
     job_timeout_s: float = 900.0
     max_delivery_attempts: int = 5
     progress_interval_s: float = 0.0
+    encode_workers: int = 0
+    """Stems encoded in parallel (0 = one per CPU core)."""
+    spool_memory_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES
+    """Stems larger than this in total are spooled to disk instead of kept in memory."""
     workdir: Path | None = None
 
     @classmethod
@@ -129,6 +136,7 @@ class HandlerConfig:
             job_timeout_s=settings.job_timeout_s,
             max_delivery_attempts=settings.max_delivery_attempts,
             progress_interval_s=settings.progress_interval_s,
+            encode_workers=settings.encode_workers,
         )
 
 
@@ -171,6 +179,7 @@ class _Attempt:
     stop_requested: Callable[[], bool]
     metrics: Metrics | None = None
     stages: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def check(self) -> None:
         if self.stop_requested():
@@ -191,7 +200,8 @@ def _timed(attempt: _Attempt, stage: str) -> Iterator[None]:
             yield
     finally:
         elapsed = time.monotonic() - start
-        attempt.stages[stage] = attempt.stages.get(stage, 0.0) + elapsed
+        with attempt.lock:  # encodes and uploads run in parallel threads
+            attempt.stages[stage] = attempt.stages.get(stage, 0.0) + elapsed
         if attempt.metrics is not None:
             attempt.metrics.stage_duration.labels(stage).observe(elapsed)
 
@@ -199,15 +209,6 @@ def _timed(attempt: _Attempt, stage: str) -> Iterator[None]:
 def _truncate_utf8(text: str, max_bytes: int) -> str:
     """``text`` cut to at most ``max_bytes`` of UTF-8, never inside a character."""
     return text.encode()[:max_bytes].decode(errors="ignore")
-
-
-def _prevent_clip(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    # What Demucs' own writer does by default (prevent_clip "rescale"): scale the whole
-    # stem down when it would clip, rather than clamp its peaks.
-    peak = float(np.abs(samples).max(initial=0.0))
-    if peak * 1.01 <= 1.0:
-        return samples
-    return (samples / (1.01 * peak)).astype(np.float32, copy=False)
 
 
 class JobHandler:
@@ -231,6 +232,11 @@ class JobHandler:
         # A device runs one separation at a time; the other in-flight job meanwhile
         # downloads, decodes, encodes or uploads.
         self._separation_lock = separation_lock or threading.Lock()
+        # Shared by the jobs in flight: at most one encode per core at a time.
+        self._encoders = ThreadPoolExecutor(
+            max_workers=config.encode_workers or os.cpu_count() or 1,
+            thread_name_prefix="encode",
+        )
         self.fatal_error: BaseException | None = None
         """Set when a job hit an error that means this worker cannot go on."""
 
@@ -410,48 +416,33 @@ class JobHandler:
             attempt.check()
 
             source = decoded.source
+            wanted = [s for s in self._separator.sources if s in (job.stems or ())] or list(
+                self._separator.sources
+            )
+            spool = StemSpool(
+                workdir,
+                self._separator.sources,
+                wanted,
+                channels=decoded.samples.shape[0],
+                frames=decoded.samples.shape[1],
+                memory_limit_bytes=self.config.spool_memory_bytes,
+            )
             with _timed(attempt, "separate"), self._separation_lock:
                 try:
-                    separated = self._separator.separate(
+                    for start, block in self._separator.separate_blocks(
                         decoded.samples,
                         progress=self._progress_reporter(job, delivery),
                         cancelled=attempt.cancelled,
-                    )
+                    ):
+                        spool.write(start, block)
+                    spool.check_complete()
                 except SeparationCancelled:
                     attempt.check()  # raises the reason: timeout or shutdown
                     raise
-            del decoded  # the mix is no longer needed; stems are freed one by one below
-
-            wanted = job.stems or self._separator.sources
-            prefix = self._output_prefix(job)
-            files: list[StemFile] = []
-            for name in (s for s in self._separator.sources if s in wanted):
-                attempt.check()
-                with _timed(attempt, "encode"):
-                    encoded = audio.encode(
-                        _prevent_clip(separated.pop(name)),
-                        self._separator.sample_rate,
-                        job.format,
-                        workdir / f"{name}.{job.format}",
-                        mp3_bitrate=job.mp3_bitrate,
-                    )
-                uri = join_uri(prefix, f"{name}.{job.format}")
-                with _timed(attempt, "upload"):
-                    self._store.upload(encoded.path, uri, content_type=encoded.content_type)
-                encoded.path.unlink()
-                files.append(
-                    StemFile(
-                        name=name,
-                        uri=uri,
-                        format=job.format,
-                        content_type=encoded.content_type,
-                        size_bytes=encoded.size_bytes,
-                        duration_seconds=round(encoded.duration_seconds, 6),
-                        sample_rate=encoded.sample_rate,
-                        channels=encoded.channels,
-                        sha256=encoded.sha256,
-                    )
-                )
+                finally:
+                    spool.close()
+            del decoded  # the mix is no longer needed
+            files = self._encode_and_upload(job, spool, wanted, workdir, attempt)
 
         event = StemsProcessed(
             job_id=job.job_id,
@@ -471,11 +462,60 @@ class JobHandler:
         )
         with _timed(attempt, "upload"):
             self._store.write_bytes(
-                join_uri(prefix, MANIFEST_NAME),
+                join_uri(self._output_prefix(job), MANIFEST_NAME),
                 event.model_dump_json(by_alias=True, exclude_none=True).encode(),
                 content_type="application/json",
             )
         return event
+
+    def _encode_and_upload(
+        self, job: Job, spool: StemSpool, wanted: list[str], workdir: Path, attempt: _Attempt
+    ) -> list[StemFile]:
+        """Encode the stems in parallel (LAME releases the GIL: MP3 encoding of six stems
+        costs more CPU than a GPU needs to separate them) and upload each when it is done."""
+        prefix = self._output_prefix(job)
+        parent = otel_context.get_current()
+
+        def one(name: str) -> StemFile:
+            token = otel_context.attach(parent)  # stage spans stay children of the job
+            try:
+                attempt.check()
+                with _timed(attempt, "encode"):
+                    encoded = audio.encode(
+                        spool.source(name),
+                        self._separator.sample_rate,
+                        job.format,
+                        workdir / f"{name}.{job.format}",
+                        mp3_bitrate=job.mp3_bitrate,
+                    )
+                spool.release(name)
+                uri = join_uri(prefix, f"{name}.{job.format}")
+                with _timed(attempt, "upload"):
+                    self._store.upload(encoded.path, uri, content_type=encoded.content_type)
+                encoded.path.unlink()
+                return StemFile(
+                    name=name,
+                    uri=uri,
+                    format=job.format,
+                    content_type=encoded.content_type,
+                    size_bytes=encoded.size_bytes,
+                    duration_seconds=round(encoded.duration_seconds, 6),
+                    sample_rate=encoded.sample_rate,
+                    channels=encoded.channels,
+                    sha256=encoded.sha256,
+                )
+            finally:
+                otel_context.detach(token)
+
+        futures = [self._encoders.submit(one, name) for name in wanted]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            # Let running encodes finish before the temporary directory goes away.
+            concurrent.futures.wait(futures)
+            raise
 
     def _progress_reporter(self, job: Job, delivery: Delivery) -> Callable[[float], None] | None:
         """A progress callback publishing ``stems.progress`` at most once an interval."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
@@ -34,9 +34,10 @@ from typing import Any, Literal, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 import torch
-from demucs.apply import BagOfModels, apply_model
+from demucs.apply import BagOfModels, TensorChunk, apply_model
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
+from demucs.utils import center_trim
 
 from consumer.errors import DeviceOutOfMemory, ModelLoadError
 from stem_contracts import model_version as _model_version
@@ -52,7 +53,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Device = Literal["auto", "cuda", "cpu"]
+Precision = Literal["fp32", "bf16", "fp16"]
+_MAX_BATCH = 32
 Audio = npt.NDArray[np.float32]
+Stems = npt.NDArray[np.float32]
+"""``[sources, channels, frames]``, sources in the model's order."""
 ProgressFn = Callable[[float], None]
 CancelledFn = Callable[[], bool]
 
@@ -114,6 +119,18 @@ class Separator(Protocol):
         """
         ...
 
+    def separate_blocks(
+        self,
+        mix: Audio,
+        *,
+        progress: ProgressFn | None = None,
+        cancelled: CancelledFn | None = None,
+    ) -> Iterator[tuple[int, Stems]]:
+        """Like ``separate``, streamed: ``(start_frame, float32 [sources, channels, n])``
+        blocks in time order that tile the track, so a long track never has all its stems
+        in memory at once."""
+        ...
+
 
 def resolve_device(pref: str) -> torch.device:
     """``auto`` → ``cuda`` when a CUDA device is available, else ``cpu``.
@@ -148,6 +165,8 @@ class DemucsSeparator:
         shifts: int = 0,
         segment: float | None = None,
         load_seconds: float = 0.0,
+        batch_size: int = 0,
+        precision: Precision = "fp32",
     ) -> None:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -166,6 +185,10 @@ class DemucsSeparator:
         self.load_seconds = load_seconds
         self.separations = 0
         self._lock = threading.Lock()
+        if precision != "fp32" and device.type != "cuda":
+            raise ValueError(f"precision {precision} needs a CUDA device (this one is {device})")
+        self.precision: Precision = precision
+        self.batch_size = batch_size if batch_size > 0 else _default_batch_size(device)
 
     @classmethod
     def load(
@@ -177,8 +200,15 @@ class DemucsSeparator:
         overlap: float = 0.25,
         shifts: int = 0,
         segment: float | None = None,
+        batch_size: int = 0,
+        precision: Precision = "fp32",
+        warm_up: bool | None = None,
     ) -> DemucsSeparator:
         """Load ``name`` with ``demucs.pretrained.get_model`` and place it on ``device``.
+
+        ``batch_size`` segments go through the model per forward pass (0 = chosen for the
+        device: measured against free memory on CUDA). ``warm_up`` (default: on CUDA) runs
+        one batch at load so the first job does not pay for kernel selection.
 
         ``repo=None`` is the hub (and its cache); a folder is a local Demucs model folder.
         Any failure is a ``ModelLoadError``: without its model the worker cannot run.
@@ -199,7 +229,12 @@ class DemucsSeparator:
                 shifts=shifts,
                 segment=segment,
                 load_seconds=time.perf_counter() - started,
+                batch_size=batch_size,
+                precision=precision,
             )
+            if warm_up if warm_up is not None else target.type == "cuda":
+                separator.warm_up(auto_batch=batch_size <= 0)
+            separator.load_seconds = time.perf_counter() - started
         except ValueError as exc:
             raise ModelLoadError(f"model {name}: {exc}") from exc
         logger.info(
@@ -246,6 +281,23 @@ class DemucsSeparator:
         Raises ``SeparationCancelled``, ``DeviceOutOfMemory`` (the GPU ran out of memory;
         its cache is emptied first), or ``ValueError`` for audio of the wrong shape.
         """
+        if self.batched:
+            blocks = [
+                block
+                for _, block in self.separate_blocks(mix, progress=progress, cancelled=cancelled)
+            ]
+            stems = np.concatenate(blocks, axis=-1)
+            return {source: stems[index] for index, source in enumerate(self._sources)}
+        return self._separate_with_apply_model(mix, progress=progress, cancelled=cancelled)
+
+    def _separate_with_apply_model(
+        self,
+        mix: Audio,
+        *,
+        progress: ProgressFn | None = None,
+        cancelled: CancelledFn | None = None,
+    ) -> dict[str, Audio]:
+        """Demucs' own ``apply_model`` path: one chunk per forward pass (bags, shifts)."""
         wav = self._as_tensor(mix)
         length = wav.shape[-1]
         tracker = _Progress(self._chunk_count(length), progress, cancelled)
@@ -308,6 +360,159 @@ class DemucsSeparator:
             total += passes * len(range(0, covered, stride))
         return total
 
+    # --- batched, streamed separation ----------------------------------------------------
+
+    @property
+    def batched(self) -> bool:
+        """Whether segments are batched; otherwise ``apply_model`` runs one per pass.
+
+        Batching covers the fleet's configuration (one HTDemucs, no random shifts);
+        a bag of models or ``shifts > 0`` take Demucs' own ``apply_model`` path unchanged.
+        """
+        return isinstance(self._model, HTDemucs) and self.shifts == 0
+
+    def separate_blocks(
+        self,
+        mix: Audio,
+        *,
+        progress: ProgressFn | None = None,
+        cancelled: CancelledFn | None = None,
+    ) -> Iterator[tuple[int, Stems]]:
+        """See ``Separator.separate_blocks``.
+
+        The batched path does what ``apply_model(split=True)`` does — the same chunk
+        offsets, the same context padding of each chunk (``TensorChunk.padded``), the same
+        triangular overlap-add weights, accumulated in the same order — but runs
+        ``batch_size`` chunks per forward pass and hands back each stretch of the output as
+        soon as no later chunk can touch it. Memory is bounded by the batch, not the track.
+        """
+        if not self.batched:
+            stems = self.separate(mix, progress=progress, cancelled=cancelled)
+            yield 0, np.stack([stems[source] for source in self._sources])
+            return
+        wav = self._as_tensor(mix)
+        with self._lock:
+            self.separations += 1
+            yield from self._batched_blocks(wav, progress, cancelled)
+
+    def _batched_blocks(
+        self,
+        wav: torch.Tensor,
+        progress: ProgressFn | None,
+        cancelled: CancelledFn | None,
+    ) -> Iterator[tuple[int, Stems]]:
+        model = cast(HTDemucs, self._model)
+        [segment_length] = self._segments
+        length = wav.shape[-1]
+        stride = int((1 - self.overlap) * segment_length)
+        offsets = list(range(0, length, stride))
+        # separate_tensor's normalisation by the mono reference, undone on the way out.
+        ref = wav.mean(0)
+        mean = ref.mean()
+        std = ref.std() + _STD_EPSILON
+        normalised = (wav - mean) / std
+        # apply_model's transition weights (transition_power 1): a triangle, max 1.
+        weight = torch.cat(
+            [
+                torch.arange(1, segment_length // 2 + 1),
+                torch.arange(segment_length - segment_length // 2, 0, -1),
+            ]
+        ).float()
+        weight = weight / weight.max()
+        sources, channels = len(self._sources), wav.shape[0]
+        window = segment_length + self.batch_size * stride
+        out = torch.zeros(sources, channels, window)
+        sum_weight = torch.zeros(window)
+        flushed = 0  # frames before this are final and handed out
+        done = 0
+        batch = self.batch_size
+        index = 0
+        while index < len(offsets):
+            if cancelled is not None and cancelled():
+                raise SeparationCancelled("separation cancelled")
+            group = offsets[index : index + batch]
+            try:
+                results = self._forward(model, normalised, group, segment_length)
+            except torch.OutOfMemoryError as exc:
+                if batch == 1:
+                    raise self._oom(length, exc) from exc
+                # Back off and remember: the next job starts at the size that fitted.
+                batch = self.batch_size = max(1, batch // 2)
+                torch.cuda.empty_cache()
+                logger.warning("out of memory: segment batch reduced", extra={"batch": batch})
+                continue
+            for offset, chunk_out in zip(group, results, strict=True):
+                chunk_length = chunk_out.shape[-1]
+                at = offset - flushed
+                out[..., at : at + chunk_length] += weight[:chunk_length] * chunk_out
+                sum_weight[at : at + chunk_length] += weight[:chunk_length]
+            index += len(group)
+            done += len(group)
+            if progress is not None:
+                progress(done / len(offsets))
+            final = offsets[index] if index < len(offsets) else length
+            n = final - flushed
+            block = out[..., :n] / sum_weight[:n]
+            yield flushed, (block * std + mean).numpy()
+            # Slide the window: what is not final yet moves to the front.
+            out = torch.cat([out[..., n:], torch.zeros(sources, channels, n)], dim=-1)
+            sum_weight = torch.cat([sum_weight[n:], torch.zeros(n)])
+            flushed = final
+
+    def _forward(
+        self,
+        model: HTDemucs,
+        normalised: torch.Tensor,
+        offsets: list[int],
+        segment_length: int,
+    ) -> list[torch.Tensor]:
+        """One forward pass over the chunks at ``offsets``; each result trimmed back to its
+        chunk, on the host (``[sources, channels, chunk_length]``)."""
+        chunks = [TensorChunk(normalised, offset, segment_length) for offset in offsets]
+        batch = torch.stack([chunk.padded(segment_length) for chunk in chunks])
+        cuda = self.device.type == "cuda"
+        if cuda:
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with (
+            torch.inference_mode(),
+            torch.autocast("cuda", dtype=dtype, enabled=cuda and dtype is not None),
+        ):
+            result = model(batch)
+        host = result.float().to("cpu")
+        return [center_trim(host[i], chunk.length) for i, chunk in enumerate(chunks)]
+
+    def _oom(self, length: int, exc: BaseException) -> DeviceOutOfMemory:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return DeviceOutOfMemory(
+            f"{self.device} ran out of memory separating {length} samples: {exc}"
+        )
+
+    def warm_up(self, *, auto_batch: bool = False) -> None:
+        """Run the model once so the first job does not pay for kernel selection; with
+        ``auto_batch`` on CUDA, size the segment batch from the memory one chunk takes."""
+        if not self.batched:
+            return
+        [segment_length] = self._segments
+        silence = torch.zeros(self._audio_channels, segment_length)
+        model = cast(HTDemucs, self._model)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+        self._forward(model, silence, [0], segment_length)
+        if self.device.type == "cuda" and auto_batch:
+            per_chunk = max(torch.cuda.max_memory_allocated(self.device) - base, 1)
+            free, _ = torch.cuda.mem_get_info(self.device)
+            # Half the free memory, so a second process or fragmentation still fits.
+            self.batch_size = int(max(1, min(_MAX_BATCH, (free // 2) // per_chunk)))
+            logger.info(
+                "segment batch sized to the device",
+                extra={"batch": self.batch_size, "perChunkBytes": per_chunk, "freeBytes": free},
+            )
+            self._forward(model, silence, [0] * self.batch_size, segment_length)
+
 
 class _Progress:
     """Turns ``apply_model``'s chunk callbacks into progress fractions and cancellation."""
@@ -337,6 +542,12 @@ class _Progress:
         if self._progress is not None and fraction > self._reported:
             self._reported = fraction
             self._progress(fraction)
+
+
+def _default_batch_size(device: torch.device) -> int:
+    # On a CPU a bigger batch buys little (the cores are busy either way) and costs memory;
+    # on CUDA warm_up() measures and replaces this.
+    return 2 if device.type == "cpu" else 4
 
 
 def _load_model(name: str, repo: Path | None) -> _DemucsModel:

@@ -157,6 +157,24 @@ class Settings(BaseSettings):
         description="STEM_MAX_IN_FLIGHT: messages leased at once. 2 = one separating while the "
         "next downloads and decodes.",
     )
+    encode_workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="STEM_ENCODE_WORKERS: stems encoded in parallel (0 = one per CPU core).",
+    )
+    segment_batch: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="STEM_SEGMENT_BATCH: 7.8 s segments per forward pass (0 = chosen for the "
+        "device: measured against free memory on CUDA, 2 on CPU).",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="STEM_PRECISION: fp32, or bf16/fp16 autocast on CUDA (faster; parity "
+        "reported by the bench).",
+    )
     metrics_port: int = Field(
         9090,
         ge=0,

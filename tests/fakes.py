@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,6 +254,17 @@ class CountingSeparator:
             progress(1.0)
         share = (mix / len(self._sources)).astype(np.float32)
         return {source: share.copy() for source in self._sources}
+
+    def separate_blocks(
+        self,
+        mix: Audio,
+        *,
+        progress: ProgressFn | None = None,
+        cancelled: CancelledFn | None = None,
+    ) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
+        """The whole separation as one block (the handler must not care how many)."""
+        stems = self.separate(mix, progress=progress, cancelled=cancelled)
+        yield 0, np.stack([stems[source] for source in self._sources])
 
     def _wait(self, cancelled: CancelledFn | None) -> None:
         waited = 0.0

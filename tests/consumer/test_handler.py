@@ -162,11 +162,15 @@ def test_processed_job_publishes_processing_then_processed_and_acks(rig: Rig) ->
     assert rig.handler.fatal_error is None
 
 
-def test_stems_are_uploaded_in_model_order_and_manifest_is_written_last(rig: Rig) -> None:
+def test_every_stem_is_uploaded_listed_in_model_order_and_the_manifest_comes_last(
+    rig: Rig,
+) -> None:
     rig.handle(make_job(format="mp3"))
 
+    # Stems are encoded and uploaded in parallel: any upload order, but the event lists
+    # them in the model's order and the manifest is written after all of them.
     expected = [f"{DEFAULT_PREFIX}/{stem}.mp3" for stem in HTDEMUCS_6S_STEMS]
-    assert rig.store.calls_of("upload") == expected
+    assert sorted(rig.store.calls_of("upload")) == sorted(expected)
     assert rig.store.calls[-1] == ("write_bytes", f"{DEFAULT_PREFIX}/manifest.json")
     assert [stem.uri for stem in rig.processed().stems] == expected
 
@@ -211,14 +215,14 @@ def test_default_output_prefix_is_output_bucket_stems_track_job(rig: Rig) -> Non
 def test_output_uri_of_the_job_replaces_the_default_prefix(rig: Rig) -> None:
     rig.handle(make_job(output_uri="gs://elsewhere/mine/"))
 
-    assert rig.store.calls_of("upload")[0] == "gs://elsewhere/mine/drums.wav"
+    assert "gs://elsewhere/mine/drums.wav" in rig.store.calls_of("upload")
     assert "gs://elsewhere/mine/manifest.json" in rig.store.objects
 
 
-def test_stem_subset_uploads_only_those_stems_in_model_order(rig: Rig) -> None:
+def test_stem_subset_uploads_only_those_stems_listed_in_model_order(rig: Rig) -> None:
     rig.handle(make_job(stems=("vocals", "drums")))
 
-    assert rig.store.calls_of("upload") == [
+    assert sorted(rig.store.calls_of("upload")) == [
         f"{DEFAULT_PREFIX}/drums.wav",
         f"{DEFAULT_PREFIX}/vocals.wav",
     ]

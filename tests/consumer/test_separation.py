@@ -78,7 +78,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def separator(repo: Path) -> DemucsSeparator:
-    return DemucsSeparator.load(MODEL, repo=repo, device="cpu", overlap=0.25, shifts=0)
+    """One chunk per forward pass, so chunk-level behaviour can be observed."""
+    return DemucsSeparator.load(
+        MODEL, repo=repo, device="cpu", overlap=0.25, shifts=0, batch_size=1
+    )
 
 
 @pytest.fixture
@@ -345,3 +348,82 @@ def test_audio_of_the_wrong_shape_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="mix must be"):
         separator.separate(np.zeros(shape, dtype=np.float32))
+
+
+# --- batching: several chunks per forward pass, streamed out in time order ------------
+
+
+THREE_CHUNK_SECONDS = 14.0  # chunks at 0, 5.85 and 11.7 s; the last one short
+
+
+@pytest.fixture(scope="module")
+def three_chunk_reference(repo: Path) -> tuple[Audio, dict[str, Audio]]:
+    mix = clip(THREE_CHUNK_SECONDS, seed=5)
+    return mix, reference_stems(repo, mix)
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_batched_chunks_equal_the_reference_api(
+    repo: Path, three_chunk_reference: tuple[Audio, dict[str, Audio]], batch_size: int
+) -> None:
+    """Any batch size (one that splits the chunks unevenly too) gives Demucs' stems."""
+    batched = DemucsSeparator.load(MODEL, repo=repo, device="cpu", batch_size=batch_size)
+    forwards = ForwardCounter(batched.model)
+    mix, reference = three_chunk_reference
+
+    ours = batched.separate(mix)
+
+    assert forwards.calls == -(-3 // batch_size)  # ceil(3 chunks / batch)
+    assert max_abs_diff(ours, reference) < 1e-5
+
+
+def test_blocks_tile_the_track_in_order_and_equal_the_whole_separation(repo: Path) -> None:
+    batched = DemucsSeparator.load(MODEL, repo=repo, device="cpu", batch_size=2)
+    mix = clip(THREE_CHUNK_SECONDS, seed=6)
+
+    blocks = list(batched.separate_blocks(mix))
+
+    starts = [start for start, _ in blocks]
+    lengths = [block.shape[-1] for _, block in blocks]
+    assert starts == [0, *np.cumsum(lengths)[:-1].tolist()]
+    assert sum(lengths) == mix.shape[-1]
+    assert all(block.shape[:2] == (6, 2) for _, block in blocks)
+    whole = batched.separate(mix)
+    joined = np.concatenate([block for _, block in blocks], axis=-1)
+    for index, source in enumerate(batched.sources):
+        np.testing.assert_array_equal(joined[index], whole[source])
+
+
+def test_a_batch_reports_progress_once_and_runs_one_forward_pass(repo: Path) -> None:
+    batched = DemucsSeparator.load(MODEL, repo=repo, device="cpu", batch_size=2)
+    forwards = ForwardCounter(batched.model)
+    reports: list[float] = []
+
+    batched.separate(clip(TWO_CHUNK_SECONDS), progress=reports.append)
+
+    assert forwards.calls == 1
+    assert reports == [1.0]
+
+
+def test_cancellation_stops_between_batches(repo: Path) -> None:
+    batched = DemucsSeparator.load(MODEL, repo=repo, device="cpu", batch_size=2)
+    forwards = ForwardCounter(batched.model)
+    reports: list[float] = []
+
+    with pytest.raises(SeparationCancelled):
+        batched.separate(
+            clip(THREE_CHUNK_SECONDS), progress=reports.append, cancelled=lambda: bool(reports)
+        )
+
+    assert forwards.calls == 1
+    assert reports == [pytest.approx(2 / 3)]
+
+
+def test_shifts_take_demucs_own_apply_path(repo: Path) -> None:
+    assert not DemucsSeparator.load(MODEL, repo=repo, device="cpu", shifts=1).batched
+    assert DemucsSeparator.load(MODEL, repo=repo, device="cpu", shifts=0).batched
+
+
+def test_half_precision_needs_cuda(repo: Path) -> None:
+    with pytest.raises(ModelLoadError, match="CUDA"):
+        DemucsSeparator.load(MODEL, repo=repo, device="cpu", precision="bf16")
