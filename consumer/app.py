@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+from types import FrameType
 
 from consumer import gcp
 from consumer.events import PubSubEventPublisher
@@ -74,10 +76,20 @@ def build_worker(
     )
 
 
+def _exit_during_start_up(signum: int, frame: FrameType | None) -> None:
+    del frame
+    _log.info("signal during start-up: exiting", extra={"signal": signal.Signals(signum).name})
+    raise SystemExit(0)
+
+
 def run_worker(settings: Settings) -> int:
     """``stemctl worker``: telemetry up first (so probes answer "not ready" while the model
     loads), then the model, then pulling until a signal; returns the exit code."""
     settings.require_project()
+    # Until the worker exists there is nothing in flight: a signal during start-up (a model
+    # load can take a while) just exits, cleanly.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_during_start_up)
     configure_tracing(settings)
     metrics, health = Metrics(), Health()
     server = (

@@ -44,6 +44,12 @@ class Change:
         return f"{text}  ({self.detail})" if self.detail else text
 
 
+# Pub/Sub deletes a subscription idle for 31 days by default: a fleet scaled to zero, or a
+# quiet DLQ, would lose it — and messages published to a topic with no subscription are
+# dropped. An expiration policy with no ttl means "never".
+_NEVER_EXPIRE = pubsub_v1.types.ExpirationPolicy()
+
+
 def _duration(seconds: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=seconds)
 
@@ -64,12 +70,14 @@ def desired_subscriptions(settings: Settings, project: str) -> list[pubsub_v1.ty
             minimum_backoff=_duration(settings.min_retry_backoff_s),
             maximum_backoff=_duration(settings.max_retry_backoff_s),
         ),
+        expiration_policy=_NEVER_EXPIRE,
     )
     dlq = pubsub_v1.types.Subscription(
         name=sub + settings.dlq_subscription,
         topic=topic + settings.dlq_topic,
         ack_deadline_seconds=60,
         message_retention_duration=_duration(DLQ_RETENTION_S),
+        expiration_policy=_NEVER_EXPIRE,
     )
     return [jobs, dlq]
 
@@ -80,6 +88,7 @@ _MANAGED_FIELDS = (
     "dead_letter_policy",
     "retry_policy",
     "message_retention_duration",
+    "expiration_policy",
 )
 
 
@@ -113,6 +122,8 @@ def _describe(sub: pubsub_v1.types.Subscription) -> str:
         )
     if "message_retention_duration" in sub:
         parts.append(f"retention {sub.message_retention_duration.total_seconds() / 86400:.0f}d")
+    if "expiration_policy" in sub and not sub.expiration_policy.ttl:
+        parts.append("never expires")
     return ", ".join(parts)
 
 

@@ -27,9 +27,9 @@ from tenacity import (
 )
 
 from stem_contracts import topics
-from stem_contracts.tracing import inject_trace_attributes
 from stem_contracts.codec import encode
 from stem_contracts.models import CONTENT_TYPES, DEFAULT_MODEL, Job
+from stem_contracts.tracing import inject_trace_attributes
 
 __all__ = ["TRANSIENT_ERRORS", "JobPublisher", "StagingError", "SubmittedJob", "crc32c_b64"]
 

@@ -13,7 +13,6 @@ from google.cloud.pubsub_v1.subscriber.message import Message
 from google.cloud.pubsub_v1.types import FlowControl
 from opentelemetry import trace
 
-from stem_contracts.tracing import extract_context
 from stem_contracts.codec import ContractError, decode_event
 from stem_contracts.models import (
     ResultEvent,
@@ -22,6 +21,7 @@ from stem_contracts.models import (
     StemsProcessing,
     StemsProgress,
 )
+from stem_contracts.tracing import extract_context
 
 __all__ = ["ResultSubscriber"]
 

@@ -66,10 +66,15 @@ def test_subscription_read_back_has_dead_letter_and_retry_policies(
     assert sub.retry_policy.minimum_backoff.total_seconds() == provisioned.min_retry_backoff_s
     assert sub.retry_policy.maximum_backoff.total_seconds() == provisioned.max_retry_backoff_s
     assert sub.ack_deadline_seconds == provisioned.ack_deadline_s
+    # Never expires: a fleet scaled to zero must not lose its subscription after 31 idle days.
+    assert "expiration_policy" in sub
+    assert not sub.expiration_policy.ttl
     dlq = subscriber.get_subscription(
         subscription=subscriber.subscription_path(project, "stem-dlq")
     )
     assert dlq.topic == f"projects/{project}/topics/stem-dlq"
+    assert "expiration_policy" in dlq
+    assert not dlq.expiration_policy.ttl
 
 
 def test_apply_updates_a_drifted_subscription_in_place(provisioned: Settings) -> None:
