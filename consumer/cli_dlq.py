@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -106,15 +109,39 @@ def _endpoint(settings: Settings) -> str:
 
 
 @contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM acts as Ctrl-C, so a stopped command still releases what it holds (only
+    SIGKILL leaves its messages to come back at the ack deadline)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def _dlq(settings: Settings) -> Iterator[DlqSubscription]:
     """The DLQ subscription, checked to exist; everything still held is released on exit."""
     project = settings.require_project()
     client = gcp.subscriber_client(settings)
     try:
         dlq = DlqSubscription.open(
-            client, project, settings.dlq_subscription, endpoint=_endpoint(settings)
+            client,
+            project,
+            settings.dlq_subscription,
+            endpoint=_endpoint(settings),
+            # The emulator answers an immediate pull with everything it has; real Pub/Sub
+            # may answer empty while messages wait, so a scan there waits longer to end.
+            **({} if settings.using_emulators else {"idle_rounds": 5, "idle_pause_s": 0.5}),
         )
-        with dlq:
+        with _sigterm_interrupts(), dlq:
             yield dlq
     finally:
         client.close()
@@ -158,7 +185,7 @@ def _left(selection: Selection, where: str) -> str:
 
 # --- ls -----------------------------------------------------------------------------------
 
-_COLUMNS = ("MESSAGE ID", "JOB ID", "TRACK ID", "ERROR", "ATTEMPTS", "SOURCE", "AGE", "REPLAYS")
+_COLUMNS = ("MESSAGE ID", "JOB ID", "TRACK ID", "ERROR", "TRIES", "SOURCE", "AGE", "REPLAYS")
 _MESSAGE_WIDTH = 80
 
 
@@ -182,20 +209,29 @@ def _short(text: str, width: int = _MESSAGE_WIDTH) -> str:
 
 
 def _print_table(letters: Sequence[DeadLetter], now: datetime) -> None:
+    rows = [list(_COLUMNS), *(_row(letter, now) for letter in letters)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    messages = [_short(letter.reason.message) for letter in letters]
     if _terminal():
+        from rich import box
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(*_COLUMNS, "MESSAGE", header_style="bold", pad_edge=False)
-        for letter in letters:
-            table.add_row(*_row(letter, now), _short(letter.reason.message))
-        Console().print(table)
+        console = Console()
+        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False)
+        for column, width in zip(_COLUMNS, widths, strict=True):
+            table.add_column(column, no_wrap=True, min_width=width)
+        # The free text gives way on a narrow terminal (`dlq show` has all of it); when
+        # even the other columns do not fit, the table runs wider than the terminal
+        # rather than lose a column.
+        table.add_column("MESSAGE", no_wrap=True, overflow="ellipsis", min_width=20)
+        console.width = max(console.width, sum(widths) + 3 * len(widths) + 20)
+        for row, message in zip(rows[1:], messages, strict=True):
+            table.add_row(*row, message)
+        console.print(table)
         return
     # Plain, aligned columns (grep/awk friendly); the free-text message comes last.
-    rows = [list(_COLUMNS), *(_row(letter, now) for letter in letters)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-    messages = ["MESSAGE", *(_short(letter.reason.message) for letter in letters)]
-    for row, message in zip(rows, messages, strict=True):
+    for row, message in zip(rows, ["MESSAGE", *messages], strict=True):
         typer.echo("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=True)), message]))
 
 
@@ -224,13 +260,12 @@ def ls(
     elif shown:
         _print_table(shown, now)
     where = settings.dlq_subscription
+    scope = "" if filters == Filters() else f" matching {filters.describe()}"
     if not shown:
-        scope = "" if filters == Filters() else f" matching {filters.describe()}"
         _note(f"no messages in {where}{scope}")
         return
     codes = Counter(letter.reason.code for letter in shown)
     by_code = ", ".join(f"{code} {count}" for code, count in codes.most_common())
-    scope = "" if filters == Filters() else f" matching {filters.describe()}"
     if more:
         _note(f"the first {limit} messages in {where}{scope} ({by_code}); more — raise --limit")
     else:
@@ -303,11 +338,15 @@ def _refusal(letter: DeadLetter, max_replays: int) -> str:
     )
 
 
-def _replay_with_progress(letters: Sequence[DeadLetter], **kwargs: Any) -> list[Replayed]:
-    """Republish; on a terminal behind a progress bar, else one line per message."""
+def _replay_with_progress(
+    letters: Sequence[DeadLetter], outcomes: list[Replayed], **kwargs: Any
+) -> None:
+    """Republish, adding to ``outcomes`` as confirmations come (an interrupted replay
+    still knows what it did); on a terminal behind a progress bar, else a line each."""
     if not _terminal():
 
         def report(outcome: Replayed) -> None:
+            outcomes.append(outcome)
             letter = outcome.letter
             if outcome.ok:
                 kept = " (DLQ copy not acked: it will reappear)" if outcome.dlq_copy_kept else ""
@@ -315,7 +354,8 @@ def _replay_with_progress(letters: Sequence[DeadLetter], **kwargs: Any) -> list[
             else:
                 typer.echo(_line("failed", letter, outcome.error or ""))
 
-        return republish(letters, on_result=report, **kwargs)
+        republish(letters, on_result=report, **kwargs)
+        return
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -328,11 +368,12 @@ def _replay_with_progress(letters: Sequence[DeadLetter], **kwargs: Any) -> list[
         task = progress.add_task("replaying", total=len(letters))
 
         def advance(outcome: Replayed) -> None:
+            outcomes.append(outcome)
             progress.advance(task)
             if not outcome.ok:
                 progress.console.print(_line("failed", outcome.letter, outcome.error or ""))
 
-        return republish(letters, on_result=advance, **kwargs)
+        republish(letters, on_result=advance, **kwargs)
 
 
 @dlq_app.command("replay")
@@ -359,8 +400,10 @@ def replay(
         bool, typer.Option("--dry-run", help="Say what would be replayed; change nothing.")
     ] = False,
 ) -> None:
-    """Republish dead letters to stem-separate; each DLQ copy is acked only once its
-    publish is confirmed, so an interrupted replay duplicates and never loses."""
+    """Republish dead letters to stem-separate, acking each DLQ copy once confirmed.
+
+    Each DLQ copy is acked only after its publish is confirmed, so an interrupted replay
+    can duplicate a job but never lose one."""
     if rate is not None and rate <= 0:
         raise typer.BadParameter("must be positive", param_hint="--rate")
     settings = load_settings()
@@ -376,17 +419,24 @@ def replay(
         try:
             with _dlq(settings) as dlq:
                 _scan(dlq, selection)
-                for letter in selection.refused:
+                letters = _oldest_first(selection.selected)
+                for letter in _oldest_first(selection.refused):
                     typer.echo(_line("skipped", letter, _refusal(letter, max_replays)))
                 if dry_run:
-                    for letter in selection.selected:
+                    for letter in letters:
                         count = letter.replay_count
                         typer.echo(
                             _line("would replay", letter, f"replayCount {count} → {count + 1}")
                         )
-                elif selection.selected:
-                    outcomes = _replay_with_progress(
-                        selection.selected,
+                elif letters:
+                    pace = f" at most {rate:g} per second" if rate else ""
+                    typer.echo(
+                        f"replaying {_plural(len(letters), 'message')} from "
+                        f"{settings.dlq_subscription} to {settings.jobs_topic}{pace}"
+                    )
+                    _replay_with_progress(
+                        letters,
+                        outcomes,
                         dlq=dlq,
                         publisher=publisher,
                         topic_path=topic,
@@ -408,8 +458,8 @@ def _replay_summary(
     left = _left(selection, settings.dlq_subscription)
     if dry_run:
         typer.echo(
-            f"dry run: would replay {len(selection.selected)}, skip {len(selection.refused)} "
-            f"to {settings.jobs_topic}; {left}; nothing changed"
+            f"dry run: would replay {len(selection.selected)} to {settings.jobs_topic}, "
+            f"skip {len(selection.refused)}; {left}; nothing changed"
         )
         return
     replayed = sum(o.ok for o in outcomes)

@@ -13,8 +13,11 @@ releases, pulls again would see the same messages forever. Every message a comma
 is therefore *held* — its lease extended in the background — until the command acks it
 or, at the very end, releases it; the scan stops once a few pulls in a row bring nothing
 new (messages are also de-duplicated by id, for lapsed leases and Pub/Sub's own duplicate
-deliveries). A ``stemctl`` killed mid-command releases nothing: its messages come back
-when the subscription's ack deadline passes.
+deliveries). On real Pub/Sub an empty immediate pull does not prove the subscription
+empty, so there the scan waits longer before it ends (``idle_rounds``, ``idle_pause_s``).
+Leases are the subscription's own ack deadline, extended by a background thread; a
+``stemctl`` killed with SIGKILL releases nothing, and its messages come back once that
+deadline passes (60 s as provisioned).
 
 **Replay never loses a message.** A replayed message is published to ``stem-separate``,
 the server's confirmation awaited, and only then is the DLQ copy acked; a failed publish
@@ -32,6 +35,7 @@ job's attributes) and ``replayedFrom`` (the DLQ message id it was replayed from)
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import math
@@ -201,11 +205,12 @@ class DeadLetter:
         """
         data: Any
         try:
-            data, encoding = json.loads(self.data), "json"
+            data, encoding = self.data.decode(), "text"
         except UnicodeDecodeError:
             data, encoding = base64.b64encode(self.data).decode(), "base64"
-        except ValueError:
-            data, encoding = self.data.decode(), "text"
+        else:
+            with contextlib.suppress(ValueError):
+                data, encoding = json.loads(data), "json"
         return {
             **self.summary(now),
             "attributes": dict(sorted(self.attributes.items())),
@@ -251,8 +256,8 @@ def format_age(age: timedelta) -> str:
     if hours == 0:
         return f"{minutes}m"
     if days == 0:
-        return f"{hours}h{minutes % 60:02d}m"
-    return f"{days}d{hours % 24:02d}h"
+        return f"{hours}h{minutes % 60:02d}m" if minutes % 60 else f"{hours}h"
+    return f"{days}d{hours % 24:02d}h" if hours % 24 else f"{days}d"
 
 
 @dataclass(frozen=True)
@@ -425,7 +430,7 @@ class DlqSubscription:
         path = client.subscription_path(project, subscription)
         try:
             sub = client.get_subscription(
-                request={"subscription": path}, timeout=10.0, retry=_retry(10.0)
+                request={"subscription": path}, timeout=5.0, retry=_retry(3.0)
             )
         except gexc.NotFound:
             raise DlqError(
@@ -565,7 +570,7 @@ def check_topic(publisher: Any, project: str, topic: str, *, endpoint: str) -> s
     """The topic's path, once it is known to exist (replaying into nothing would fail)."""
     path: str = publisher.topic_path(project, topic)
     try:
-        publisher.get_topic(request={"topic": path}, timeout=10.0, retry=_retry(10.0))
+        publisher.get_topic(request={"topic": path}, timeout=5.0, retry=_retry(3.0))
     except gexc.NotFound:
         raise DlqError(
             f"topic {topic} does not exist in project {project} — run `stemctl infra apply` first"

@@ -384,13 +384,35 @@ class JobHandler:
         except ContractError:
             _log.warning("unreadable manifest; recomputing", extra={"jobId": job.job_id})
             return None
-        if not isinstance(event, StemsProcessed) or event.job_id != job.job_id:
+        if not isinstance(event, StemsProcessed) or not self._same_job(event, job):
+            _log.warning(
+                "manifest from another job or model at this prefix; recomputing",
+                extra={"jobId": job.job_id, "messageId": delivery.message_id},
+            )
             return None
         _log.info(
             "job already processed; republishing its result",
             extra={"jobId": job.job_id, "messageId": delivery.message_id},
         )
         return event
+
+    def _same_job(self, event: StemsProcessed, job: Job) -> bool:
+        """The manifest answers this job: same id, source, model, format and stems (a
+        reused jobId with another source must not get the old job's stems)."""
+        wanted = self._wanted_stems(job)
+        return (
+            event.job_id == job.job_id
+            and event.source.uri == job.source_uri
+            and event.model_version == self._separator.model_version
+            and [stem.name for stem in event.stems] == wanted
+            and all(stem.format == job.format for stem in event.stems)
+        )
+
+    def _wanted_stems(self, job: Job) -> list[str]:
+        """The requested stems in the model's order (all of them by default)."""
+        return [s for s in self._separator.sources if s in (job.stems or ())] or list(
+            self._separator.sources
+        )
 
     def _run(
         self, job: Job, delivery: Delivery, attempt: _Attempt, started: float
@@ -416,9 +438,7 @@ class JobHandler:
             attempt.check()
 
             source = decoded.source
-            wanted = [s for s in self._separator.sources if s in (job.stems or ())] or list(
-                self._separator.sources
-            )
+            wanted = self._wanted_stems(job)
             spool = StemSpool(
                 workdir,
                 self._separator.sources,

@@ -265,6 +265,33 @@ def test_redelivered_job_with_manifest_republishes_same_result_without_separatin
     assert len(rig.store.calls_of("upload")) == uploads
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"source_uri": "gs://stem-staging/in/another-song.wav"},
+        {"format": "flac"},
+        {"stems": ("vocals",)},
+    ],
+    ids=["other-source", "other-format", "other-stems"],
+)
+def test_a_manifest_of_another_job_under_the_same_id_is_not_reused(
+    rig: Rig, change: dict[str, Any]
+) -> None:
+    # Given a finished job, and then a different job reusing its jobId (and so its prefix)
+    rig.handle(make_job())
+    if "source_uri" in change:
+        rig.store.put(change["source_uri"], rig.store.objects[SOURCE].data)
+
+    # When the other job arrives
+    assert rig.handle(make_job(**change)) is Outcome.ACK
+
+    # Then it is computed for what it asks, not answered with the first job's stems
+    assert rig.separator.calls == 2
+    processed = rig.processed()
+    assert processed.source.uri == make_job(**change).source_uri
+    assert {s.format for s in processed.stems} == {make_job(**change).format}
+
+
 def test_unreadable_manifest_is_ignored_and_the_job_recomputed(rig: Rig) -> None:
     rig.store.put(f"{DEFAULT_PREFIX}/manifest.json", b"{half a manif")
 
