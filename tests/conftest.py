@@ -32,6 +32,28 @@ def _clean_environment() -> None:
             del os.environ[name]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _tracing() -> None:
+    """Record spans in memory for the whole session, in every test alike.
+
+    A tracer provider can be installed once per process; installing it up front (rather
+    than in the first test that needs it) keeps tests independent of their order — with a
+    provider, every publish carries a ``traceparent`` attribute. The contracts-only
+    virtualenv has no SDK: there the API's no-op tracer stays.
+    """
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    except ImportError:
+        return
+    from tests.spans import EXPORTER
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+    trace.set_tracer_provider(provider)
+
+
 @dataclass(frozen=True)
 class Emulators:
     pubsub_host: str

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,6 +25,7 @@ from consumer.settings import Settings
 from consumer.telemetry import Health, Metrics, TelemetryServer
 from stem_contracts import Job, JobPublisher, ResultSubscriber, StemsProcessed, StemsProgress
 from tests.consumer.conftest import MODEL, Results
+from tests.spans import EXPORTER
 
 pytestmark = pytest.mark.integration
 
@@ -156,21 +156,12 @@ def test_readiness_follows_the_worker_through_its_phases(
         ]
 
 
-_EXPORTER = InMemorySpanExporter()
-_PROVIDER_LOCK = threading.Lock()
-
-
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    """The process-wide tracer provider, recording to memory (installed once)."""
-    with _PROVIDER_LOCK:
-        if not isinstance(trace.get_tracer_provider(), TracerProvider):
-            provider = TracerProvider()
-            provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-            trace.set_tracer_provider(provider)
-    _EXPORTER.clear()
-    yield _EXPORTER
-    _EXPORTER.clear()
+    """The session's span recorder (tests/conftest.py installs it), emptied for this test."""
+    EXPORTER.clear()
+    yield EXPORTER
+    EXPORTER.clear()
 
 
 def test_one_trace_runs_from_the_publisher_through_the_worker_to_the_subscriber(
