@@ -545,9 +545,9 @@ class _Progress:
 
 
 def _default_batch_size(device: torch.device) -> int:
-    # On a CPU a bigger batch buys little (the cores are busy either way) and costs memory;
-    # on CUDA warm_up() measures and replaces this.
-    return 2 if device.type == "cpu" else 4
+    # On a CPU batching buys nothing (the cores are busy either way) and measured slower
+    # (bench/: batch 2 vs 1 on the full model); on CUDA warm_up() measures and replaces this.
+    return 1 if device.type == "cpu" else 4
 
 
 def _load_model(name: str, repo: Path | None) -> _DemucsModel:

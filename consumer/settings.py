@@ -168,7 +168,7 @@ class Settings(BaseSettings):
         ge=0,
         le=256,
         description="STEM_SEGMENT_BATCH: 7.8 s segments per forward pass (0 = chosen for the "
-        "device: measured against free memory on CUDA, 2 on CPU).",
+        "device: measured against free memory on CUDA, 1 on CPU).",
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
