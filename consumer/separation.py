@@ -34,7 +34,8 @@ from typing import Any, Literal, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 import torch
-from demucs.apply import BagOfModels, TensorChunk, apply_model
+import torch.nn.functional as F
+from demucs.apply import BagOfModels, apply_model
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 from demucs.utils import center_trim
@@ -407,10 +408,12 @@ class DemucsSeparator:
         stride = int((1 - self.overlap) * segment_length)
         offsets = list(range(0, length, stride))
         # separate_tensor's normalisation by the mono reference, undone on the way out.
+        # Applied chunk by chunk (in _forward): a normalised copy of a long track would
+        # double its memory.
         ref = wav.mean(0)
         mean = ref.mean()
         std = ref.std() + _STD_EPSILON
-        normalised = (wav - mean) / std
+        del ref
         # apply_model's transition weights (transition_power 1): a triangle, max 1.
         weight = torch.cat(
             [
@@ -432,7 +435,7 @@ class DemucsSeparator:
                 raise SeparationCancelled("separation cancelled")
             group = offsets[index : index + batch]
             try:
-                results = self._forward(model, normalised, group, segment_length)
+                results = self._forward(model, wav, group, segment_length, mean, std)
             except torch.OutOfMemoryError as exc:
                 if batch == 1:
                     raise self._oom(length, exc) from exc
@@ -462,14 +465,30 @@ class DemucsSeparator:
     def _forward(
         self,
         model: HTDemucs,
-        normalised: torch.Tensor,
+        wav: torch.Tensor,
         offsets: list[int],
         segment_length: int,
+        mean: torch.Tensor | float = 0.0,
+        std: torch.Tensor | float = 1.0,
     ) -> list[torch.Tensor]:
         """One forward pass over the chunks at ``offsets``; each result trimmed back to its
-        chunk, on the host (``[sources, channels, chunk_length]``)."""
-        chunks = [TensorChunk(normalised, offset, segment_length) for offset in offsets]
-        batch = torch.stack([chunk.padded(segment_length) for chunk in chunks])
+        chunk, on the host (``[sources, channels, chunk_length]``).
+
+        Each chunk is what ``TensorChunk(normalised, offset, L).padded(L)`` gives: centred
+        in ``L`` samples of context, zero-padded past the ends of the track — normalised
+        here, chunk by chunk, before the padding (so the padding stays zero).
+        """
+        length = wav.shape[-1]
+        inputs, lengths = [], []
+        for offset in offsets:
+            chunk_length = min(segment_length, length - offset)
+            start = offset - (segment_length - chunk_length) // 2
+            end = start + segment_length
+            inside = (wav[..., max(0, start) : min(length, end)] - mean) / std
+            inputs.append(F.pad(inside, (max(0, -start), max(0, end - length))))
+            lengths.append(chunk_length)
+        batch = torch.stack(inputs)
+        del inputs
         cuda = self.device.type == "cuda"
         if cuda:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
@@ -480,7 +499,7 @@ class DemucsSeparator:
         ):
             result = model(batch)
         host = result.float().to("cpu")
-        return [center_trim(host[i], chunk.length) for i, chunk in enumerate(chunks)]
+        return [center_trim(host[i], n) for i, n in enumerate(lengths)]
 
     def _oom(self, length: int, exc: BaseException) -> DeviceOutOfMemory:
         if self.device.type == "cuda":
