@@ -40,6 +40,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from consumer import audio
+from consumer._memory import release_free_memory
 from consumer.disposition import Action, Disposition, decide
 from consumer.errors import (
     BucketNotAllowed,
@@ -121,6 +122,8 @@ class HandlerConfig:
     progress_interval_s: float = 0.0
     encode_workers: int = 0
     """Stems encoded in parallel (0 = one per CPU core)."""
+    mp3_quality: int = 2
+    """LAME's -q (2: what Demucs' own writer uses)."""
     spool_memory_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES
     """Stems larger than this in total are spooled to disk instead of kept in memory."""
     workdir: Path | None = None
@@ -137,6 +140,7 @@ class HandlerConfig:
             max_delivery_attempts=settings.max_delivery_attempts,
             progress_interval_s=settings.progress_interval_s,
             encode_workers=settings.encode_workers,
+            mp3_quality=settings.mp3_quality,
         )
 
 
@@ -274,6 +278,7 @@ class JobHandler:
             finally:
                 if metrics is not None:
                     metrics.in_flight.dec()
+                release_free_memory()  # a long-lived worker's RSS should not ratchet up
             span.set_attribute("stem.outcome", label)
             if code != "none":
                 span.set_status(trace.Status(trace.StatusCode.ERROR, code))
@@ -507,6 +512,7 @@ class JobHandler:
                         job.format,
                         workdir / f"{name}.{job.format}",
                         mp3_bitrate=job.mp3_bitrate,
+                        mp3_quality=self.config.mp3_quality,
                     )
                 spool.release(name)
                 uri = join_uri(prefix, f"{name}.{job.format}")

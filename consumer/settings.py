@@ -163,6 +163,14 @@ class Settings(BaseSettings):
         le=256,
         description="STEM_ENCODE_WORKERS: stems encoded in parallel (0 = one per CPU core).",
     )
+    mp3_quality: int = Field(
+        2,
+        ge=0,
+        le=9,
+        description="STEM_MP3_QUALITY: LAME's -q for MP3 stems, 2 = Demucs' own writer "
+        "(0 best/slowest, 9 fastest). The bitrate (CBR) is the job's; this only trades "
+        "encoder search effort for CPU.",
+    )
     segment_batch: int = Field(
         0,
         ge=0,
