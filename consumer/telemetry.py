@@ -16,7 +16,14 @@ from types import TracebackType
 from typing import Final
 
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -31,6 +38,10 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+# The *_created series (a timestamp per label set) double the scrape and no dashboard uses
+# them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 STAGES: Final = ("download", "decode", "separate", "encode", "upload", "publish")
 """The stages of a job, as timed and traced."""
