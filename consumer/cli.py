@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -171,12 +173,17 @@ def results_tail(
     def show(event: ResultEvent) -> None:
         typer.echo(event_line(event))
 
+    # Ctrl-C / SIGTERM end the wait, then the subscription is closed and deleted in order
+    # (a KeyboardInterrupt raised at a random point could skip that clean-up).
+    done = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
     with (
         results_subscription(settings) as (client, name),
         ResultSubscriber(settings.require_project(), name, on_event=show, subscriber=client) as sub,
-        contextlib.suppress(KeyboardInterrupt),
     ):
-        sub.run(timeout=timeout)
+        sub.start().add_done_callback(lambda _: done.set())  # the stream died: stop too
+        done.wait(timeout)
 
 
 @app.command()
