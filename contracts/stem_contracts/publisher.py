@@ -49,6 +49,9 @@ TRANSIENT_ERRORS: Final[tuple[type[BaseException], ...]] = (
     # requests' errors are not the builtin ones; storage raises them on resets.
     requests.ConnectionError,
     requests.Timeout,
+    # A connection cut off in the middle of a response body (what the storage library's
+    # own retry policy also retries).
+    requests.exceptions.ChunkedEncodingError,
 )
 """Errors worth retrying in place: the service or the network hiccupped."""
 
