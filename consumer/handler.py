@@ -82,8 +82,11 @@ _tracer = trace.get_tracer("consumer")
 MANIFEST_NAME: Final = "manifest.json"
 _ID: Final = re.compile(ID_PATTERN)
 _SOURCE_SUFFIXES: Final = {".wav": "wav", ".mp3": "mp3", ".flac": "flac"}
-# Pub/Sub refuses an attribute value over 1024 bytes (bytes, not characters).
+# Pub/Sub refuses an attribute value over 1024 bytes (bytes, not characters), and a
+# message with more than 100 attributes.
 _MAX_ATTRIBUTE_BYTES: Final = 1024
+_MAX_ATTRIBUTES: Final = 100
+_IDENTIFYING_ATTRIBUTES: Final = ("jobId", "trackId", "schemaVersion", "traceparent")
 
 
 class WorkerShutdown(TransientError):
@@ -213,6 +216,22 @@ def _timed(attempt: _Attempt, stage: str) -> Iterator[None]:
 def _truncate_utf8(text: str, max_bytes: int) -> str:
     """``text`` cut to at most ``max_bytes`` of UTF-8, never inside a character."""
     return text.encode()[:max_bytes].decode(errors="ignore")
+
+
+def _dead_letter_attributes(
+    original: Mapping[str, str], reasons: Mapping[str, str]
+) -> dict[str, str]:
+    """The original attributes plus the reasons, within Pub/Sub's attribute limit.
+
+    A message may already carry the maximum; its reason matters more than its last
+    extra attributes (the body is kept whole, and the identifying attributes first).
+    """
+    kept = {k: v for k, v in original.items() if k not in reasons}
+    room = _MAX_ATTRIBUTES - len(reasons)
+    if len(kept) > room:
+        order = sorted(kept, key=lambda k: k not in _IDENTIFYING_ATTRIBUTES)  # stable
+        kept = {k: kept[k] for k in order[:room]}
+    return {**kept, **reasons}
 
 
 class JobHandler:
@@ -583,12 +602,16 @@ class JobHandler:
             if disposition.action is Action.DEAD_LETTER:
                 self._events.dead_letter(
                     delivery.data,
-                    {
-                        **delivery.attributes,
-                        "errorCode": disposition.code,
-                        "errorMessage": _truncate_utf8(disposition.message, _MAX_ATTRIBUTE_BYTES),
-                        "deliveryAttempt": str(delivery.delivery_attempt),
-                    },
+                    _dead_letter_attributes(
+                        delivery.attributes,
+                        {
+                            "errorCode": disposition.code,
+                            "errorMessage": _truncate_utf8(
+                                disposition.message, _MAX_ATTRIBUTE_BYTES
+                            ),
+                            "deliveryAttempt": str(delivery.delivery_attempt),
+                        },
+                    ),
                 )
                 return disposition, Outcome.ACK
         except PublishFailed:

@@ -460,6 +460,22 @@ def test_dead_letter_error_message_fits_the_pubsub_attribute_limit_in_bytes(rig:
     assert rig.failed().error.message.startswith(message)
 
 
+def test_a_message_with_the_maximum_of_attributes_is_still_dead_lettered_with_its_reason(
+    rig: Rig,
+) -> None:
+    # Given a poison job that already carries Pub/Sub's maximum of 100 attributes
+    extra = {f"x{i:02d}": "v" for i in range(97)}  # + jobId, trackId, schemaVersion = 100
+    sent = delivery(make_job(source_uri=f"{STAGING}/missing.wav"), **extra)
+
+    # Then the dead letter keeps the identifying attributes and the reason, within the limit
+    assert rig.handler.handle(sent) is Outcome.ACK
+    attributes = rig.events.dead_letters[0].attributes
+    assert len(attributes) <= 100
+    assert attributes["errorCode"] == "source_missing"
+    assert attributes["deliveryAttempt"] == "1"
+    assert {"jobId", "trackId", "schemaVersion"} <= set(attributes)
+
+
 # --- transient errors: stems.failed + nack ------------------------------------------------
 
 
