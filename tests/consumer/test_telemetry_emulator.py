@@ -199,9 +199,11 @@ def test_one_trace_runs_from_the_publisher_through_the_worker_to_the_subscriber(
 
     # Then: every span of that trace, linked parent to child across the emulator.
     def wait_spans() -> list[ReadableSpan]:
-        for _ in range(50):
+        for _ in range(100):
             found = [s for s in spans.get_finished_spans() if s.context.trace_id == trace_id]
-            if any(s.name == "stems.processed receive" for s in found):
+            # The catalog's span can finish before the worker's job span (which ends after
+            # its publish is confirmed): wait for both.
+            if {"stems.processed receive", "stem.job"} <= {s.name for s in found}:
                 return found
             threading.Event().wait(0.1)
         return found
