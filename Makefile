@@ -7,10 +7,12 @@ STAMP  := $(VENV)/.installed-stamp
 # resolves torch itself (which would pull a multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
+# Where the reliability suite writes its figures (JSON) before rendering docs/reliability.md.
+RELIABILITY_FIGURES ?= build/reliability
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-unit test-integration lint format typecheck schemas \
-        contracts-check demo bench ci clean
+        contracts-check demo bench reliability reliability-long ci clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -60,6 +62,14 @@ demo: install ## start the emulators, a worker, and separate a generated sample 
 
 bench: install ## the fleet against demucs.api.Separator, side by side (see bench/)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+reliability: install ## chaos, resource, bad-input and security suite (CI-sized); rewrites its table in docs/reliability.md
+	rm -rf $(RELIABILITY_FIGURES)/ci
+	RELIABILITY_FIGURES=$(RELIABILITY_FIGURES)/ci $(BIN)/python -m pytest tests/chaos tests/reliability $(PYTEST_ARGS)
+	$(BIN)/python -m tests.reliability.report $(RELIABILITY_FIGURES)/ci --section ci --out docs/reliability.md
+
+reliability-long: install ## release check: 500-job chaos run, 1000-job soak, 10-minute track (~11 min); rewrites its table
+	$(BIN)/python -m tests.reliability.long_run --jobs 500 --workers 3 --figures $(RELIABILITY_FIGURES)/long --out docs/reliability.md
 
 ci: lint typecheck test contracts-check ## what .ci/run runs
 

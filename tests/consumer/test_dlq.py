@@ -31,8 +31,8 @@ from consumer.dlq import check_topic
 from consumer.settings import Settings
 from infra.emulators import free_port
 from stem_contracts import Job, StemsFailed, StemsProcessed, encode
-from tests.consumer.conftest import MODEL, Results
 from tests.helpers import pull
+from tests.worker_fixtures import MODEL, Results
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

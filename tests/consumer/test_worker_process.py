@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from pydantic import AliasChoices
 
 from consumer.settings import Settings
 from stem_contracts import (
@@ -43,7 +42,8 @@ from stem_contracts import (
     StemsProgress,
     decode_event,
 )
-from tests.consumer.conftest import MODEL, Results
+from tests.settings_env import settings_environment
+from tests.worker_fixtures import MODEL, Results
 
 pytestmark = pytest.mark.integration
 
@@ -55,33 +55,6 @@ passes remain, about 1.1 s on a 2-core CPU — longer than :data:`SHORT_GRACE_S`
 SHORT_GRACE_S = 0.2
 READY_TIMEOUT_S = 60.0
 """Start-up is mostly importing torch and demucs (2-4 s here); generous for a busy CI box."""
-
-
-def _env_names(name: str, field: Any) -> list[str]:
-    """Every environment variable that sets ``name``, the preferred one first."""
-    alias = field.validation_alias
-    if isinstance(alias, AliasChoices):
-        return [str(choice) for choice in alias.choices]
-    if isinstance(alias, str):
-        return [alias]
-    return [f"{Settings.model_config.get('env_prefix', '')}{name}".upper()]
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """The environment under which ``Settings()`` in a child process equals ``settings``.
-
-    Built from the fields themselves, so a field added to the settings reaches the child
-    without this function changing; variables the settings leave unset are removed.
-    """
-    env = dict(os.environ)
-    for name, field in Settings.model_fields.items():
-        names = _env_names(name, field)
-        for key in names:
-            env.pop(key, None)
-        value = getattr(settings, name)
-        if value is not None:
-            env[names[0]] = ",".join(sorted(value)) if isinstance(value, frozenset) else str(value)
-    return env
 
 
 class Stemctl:

@@ -19,7 +19,6 @@ from unittest import mock
 
 import typer.main
 import yaml
-from pydantic import AliasChoices
 
 from consumer.cli import app
 from consumer.settings import Settings
@@ -33,20 +32,6 @@ K8S_DIR = ROOT / "infra" / "k8s"
 
 # Names the Google client libraries read themselves; the settings object mirrors them.
 STANDARD_ENV = frozenset({"GOOGLE_CLOUD_PROJECT", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"})
-
-
-def settings_env_names() -> frozenset[str]:
-    """Every environment variable ``Settings`` reads: ``STEM_`` + field, or its aliases."""
-    names: set[str] = set()
-    for field_name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices):
-            names.update(choice for choice in alias.choices if isinstance(choice, str))
-        elif isinstance(alias, str):
-            names.add(alias)
-        else:
-            names.add(f"STEM_{field_name.upper()}")
-    return frozenset(names)
 
 
 @contextmanager

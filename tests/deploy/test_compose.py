@@ -18,9 +18,9 @@ from tests.deploy.support import (
     STANDARD_ENV,
     check_stemctl_invocation,
     load_yaml_documents,
-    settings_env_names,
     settings_from,
 )
+from tests.settings_env import settings_env_names
 
 STEM_IMAGE_SERVICES = ("provision", "worker", "stemctl")
 

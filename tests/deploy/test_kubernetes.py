@@ -17,9 +17,9 @@ from tests.deploy.support import (
     Terraform,
     load_yaml_documents,
     read_env_file,
-    settings_env_names,
     settings_from,
 )
+from tests.settings_env import settings_env_names
 
 # The oldest minor the manifests must work on (GKE's regular channel is at or above it).
 # kubernetes-validate's wheel carries the schemas; nothing is downloaded.

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from infra.provision import DLQ_RETENTION_S, desired_subscriptions
-from tests.deploy.support import Terraform, default_settings, settings_env_names
+from tests.deploy.support import Terraform, default_settings
+from tests.settings_env import settings_env_names
 
 PROJECT = "tf-project"
 
