@@ -48,6 +48,18 @@ def load_separator(settings: Settings, metrics: Metrics | None = None) -> Demucs
     return separator
 
 
+def warn_if_buckets_unrestricted(settings: Settings) -> bool:
+    """Log a warning when a worker on real GCP may touch any bucket (empty
+    ``STEM_ALLOWED_BUCKETS``, which DESIGN.md allows); the emulators are exempt."""
+    if settings.allowed_buckets or settings.using_emulators:
+        return False
+    _log.warning(
+        "STEM_ALLOWED_BUCKETS is empty: jobs may read and write any bucket this service "
+        "account can reach; set it to the staging and output buckets"
+    )
+    return True
+
+
 def build_worker(
     settings: Settings,
     separator: Separator | None = None,
@@ -58,6 +70,7 @@ def build_worker(
     """A ready-to-run worker; ``separator`` defaults to the model the settings name."""
     project = settings.require_project()
     separator = separator or load_separator(settings, metrics)
+    warn_if_buckets_unrestricted(settings)
     events = PubSubEventPublisher(
         gcp.publisher_client(settings),
         project=project,

@@ -1,0 +1,36 @@
+"""A worker on real GCP with an empty ``STEM_ALLOWED_BUCKETS`` says so at start-up.
+
+DESIGN.md lets an empty list mean "any bucket" (the default, convenient on the
+emulators); in production that is a misconfiguration an operator should see in the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from consumer.app import warn_if_buckets_unrestricted
+from consumer.settings import Settings
+
+
+def test_warns_on_real_gcp_when_any_bucket_is_allowed(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="consumer.app"):
+        assert warn_if_buckets_unrestricted(Settings(project="prod"))
+    assert "STEM_ALLOWED_BUCKETS is empty" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"allowed_buckets": frozenset({"stem-staging", "stem-output"})},
+        {"pubsub_emulator_host": "127.0.0.1:8085"},
+    ],
+    ids=["allow-list set", "emulators"],
+)
+def test_quiet_when_restricted_or_on_emulators(
+    fields: dict[str, object], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="consumer.app"):
+        assert not warn_if_buckets_unrestricted(Settings(project="p", **fields))
+    assert not caplog.records
