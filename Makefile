@@ -42,8 +42,8 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-typecheck: install ## mypy --strict on consumer, infra and contracts
-	$(BIN)/mypy consumer infra contracts/stem_contracts
+typecheck: install ## mypy --strict on consumer, infra, contracts, bench and tests
+	$(BIN)/mypy consumer infra contracts/stem_contracts bench tests
 
 schemas: install ## regenerate contracts/schemas from the models
 	$(BIN)/python -m stem_contracts.schemas write contracts/schemas

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self, cast
+from unittest import mock
 
 import numpy as np
 import numpy.typing as npt
@@ -283,21 +284,6 @@ class _FinalResults:
             return self._final.pop(job_id)
 
 
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the block (the Google client libraries read them)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 class EndToEndPipeline:
     """Emulators + provisioning + an in-process worker; one submitted job per run.
 
@@ -333,9 +319,11 @@ class EndToEndPipeline:
         try:
             pubsub = stack.enter_context(PubSubEmulator())
             gcs = stack.enter_context(FakeGcsServer())
+            # The Google client libraries read these themselves.
             stack.enter_context(
-                _environment(
-                    {"PUBSUB_EMULATOR_HOST": pubsub.host, "STORAGE_EMULATOR_HOST": gcs.url}
+                mock.patch.dict(
+                    os.environ,
+                    {"PUBSUB_EMULATOR_HOST": pubsub.host, "STORAGE_EMULATOR_HOST": gcs.url},
                 )
             )
             settings = self._base_settings.model_copy(

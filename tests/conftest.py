@@ -87,19 +87,9 @@ def settings(emulators: Emulators, unique: str) -> Settings:
 
     Retry backoff is the shortest Pub/Sub allows so redelivery tests stay fast.
     """
-    from consumer.settings import Settings
+    from tests.settings_env import isolated_settings
 
-    return Settings(
-        project=f"test-{unique}",
-        pubsub_emulator_host=emulators.pubsub_host,
-        storage_emulator_host=emulators.storage_url,
-        staging_bucket=f"staging-{unique}",
-        output_bucket=f"output-{unique}",
-        min_retry_backoff_s=0,
-        max_retry_backoff_s=0,
-        ack_deadline_s=10,
-        metrics_port=0,
-    )
+    return isolated_settings(emulators.pubsub_host, emulators.storage_url, unique)
 
 
 @pytest.fixture

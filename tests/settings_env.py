@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any
 
 from pydantic import AliasChoices
@@ -44,4 +45,20 @@ def settings_env_names() -> frozenset[str]:
         name
         for field_name, field in Settings.model_fields.items()
         for name in env_names(field_name, field)
+    )
+
+
+def isolated_settings(pubsub_host: str, storage_url: str, unique: str | None = None) -> Settings:
+    """Settings for a project and buckets of their own (as the ``settings`` fixture)."""
+    unique = unique or uuid.uuid4().hex[:10]
+    return Settings(
+        project=f"test-{unique}",
+        pubsub_emulator_host=pubsub_host,
+        storage_emulator_host=storage_url,
+        staging_bucket=f"staging-{unique}",
+        output_bucket=f"output-{unique}",
+        min_retry_backoff_s=0,
+        max_retry_backoff_s=0,
+        ack_deadline_s=10,
+        metrics_port=0,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Final, NamedTuple, TypeVar
+from typing import Final, NamedTuple, TypeVar, get_args
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -33,8 +33,10 @@ MAX_MESSAGE_BYTES: Final = 1_000_000
 _EVENT_ADAPTER: Final[TypeAdapter[ResultEvent]] = TypeAdapter(ResultEvent)
 _T = TypeVar("_T")
 _EVENT_TYPES: Final = frozenset(
-    {"stems.processing", "stems.progress", "stems.processed", "stems.failed"}
+    variant.model_fields["event_type"].default
+    for variant in get_args(get_args(ResultEvent)[0])  # Annotated[A | B | ..., Field]
 )
+"""The ``eventType`` tags of :data:`ResultEvent`'s variants."""
 
 
 class FieldProblem(NamedTuple):

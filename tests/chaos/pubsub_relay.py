@@ -76,7 +76,7 @@ class _Worker:
     holding: set[str] = field(default_factory=set)
 
 
-class PubSubRelay(grpc.GenericRpcHandler):
+class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no stubs here
     """``with PubSubRelay(emulator_host) as relay:`` — point the workers at ``relay.host``."""
 
     def __init__(self, upstream_host: str, *, lease_s: int = 10) -> None:

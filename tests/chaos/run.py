@@ -395,8 +395,9 @@ def _drain(
 def main(argv: list[str] | None = None) -> int:
     """``python -m tests.chaos.run``: a chaos run of any size on emulators of its own."""
     from consumer.model_store import write_local_model
-    from tests.reliability.environment import isolated_settings, local_emulators
+    from tests.reliability.environment import local_emulators
     from tests.reliability.figures import write_figures
+    from tests.settings_env import isolated_settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=ChaosConfig.jobs)

@@ -21,16 +21,15 @@ def test_warns_on_real_gcp_when_any_bucket_is_allowed(caplog: pytest.LogCaptureF
 
 
 @pytest.mark.parametrize(
-    "fields",
-    [
-        {"allowed_buckets": frozenset({"stem-staging", "stem-output"})},
-        {"pubsub_emulator_host": "127.0.0.1:8085"},
-    ],
+    ("allowed", "emulator"),
+    [(frozenset({"stem-staging", "stem-output"}), None), (frozenset(), "127.0.0.1:8085")],
     ids=["allow-list set", "emulators"],
 )
 def test_quiet_when_restricted_or_on_emulators(
-    fields: dict[str, object], caplog: pytest.LogCaptureFixture
+    allowed: frozenset[str], emulator: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="consumer.app"):
-        assert not warn_if_buckets_unrestricted(Settings(project="p", **fields))
+        assert not warn_if_buckets_unrestricted(
+            Settings(project="p", allowed_buckets=allowed, pubsub_emulator_host=emulator)
+        )
     assert not caplog.records

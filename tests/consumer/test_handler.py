@@ -10,7 +10,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -465,7 +465,8 @@ def test_a_message_with_the_maximum_of_attributes_is_still_dead_lettered_with_it
 ) -> None:
     # Given a poison job that already carries Pub/Sub's maximum of 100 attributes
     extra = {f"x{i:02d}": "v" for i in range(97)}  # + jobId, trackId, schemaVersion = 100
-    sent = delivery(make_job(source_uri=f"{STAGING}/missing.wav"), **extra)
+    job = delivery(make_job(source_uri=f"{STAGING}/missing.wav"))
+    sent = replace(job, attributes={**job.attributes, **extra})
 
     # Then the dead letter keeps the identifying attributes and the reason, within the limit
     assert rig.handler.handle(sent) is Outcome.ACK

@@ -214,7 +214,7 @@ def mid_separation(long_settings: Settings, pubsub_clients: Any) -> Iterator[Cal
     second, longer than the two forward passes left.
     """
     _, subscriber = pubsub_clients
-    project = long_settings.project
+    project = long_settings.require_project()
     subscriber.create_subscription(
         request={
             "name": subscriber.subscription_path(project, "test-progress"),

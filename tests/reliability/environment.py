@@ -10,9 +10,9 @@ deadline.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from unittest import mock
 
 import grpc
 from google.cloud import pubsub_v1
@@ -26,7 +26,6 @@ from stem_contracts import Job, encode
 from tests.worker_fixtures import Results
 
 __all__ = [
-    "isolated_settings",
     "local_emulators",
     "provision",
     "publish_jobs",
@@ -35,37 +34,13 @@ __all__ = [
 ]
 
 
-def isolated_settings(pubsub_host: str, storage_url: str, unique: str | None = None) -> Settings:
-    """Settings for a project and buckets of their own (as the ``settings`` fixture)."""
-    unique = unique or uuid.uuid4().hex[:10]
-    return Settings(
-        project=f"test-{unique}",
-        pubsub_emulator_host=pubsub_host,
-        storage_emulator_host=storage_url,
-        staging_bucket=f"staging-{unique}",
-        output_bucket=f"output-{unique}",
-        min_retry_backoff_s=0,
-        max_retry_backoff_s=0,
-        ack_deadline_s=10,
-        metrics_port=0,
-    )
-
-
 @contextmanager
 def local_emulators() -> Iterator[tuple[str, str]]:
     """Start the Pub/Sub emulator and fake-gcs-server; yields (pubsub host, storage URL)."""
     with PubSubEmulator() as pubsub, FakeGcsServer() as storage:
-        saved = {k: os.environ.get(k) for k in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")}
-        os.environ["PUBSUB_EMULATOR_HOST"] = pubsub.host
-        os.environ["STORAGE_EMULATOR_HOST"] = storage.url
-        try:
+        hosts = {"PUBSUB_EMULATOR_HOST": pubsub.host, "STORAGE_EMULATOR_HOST": storage.url}
+        with mock.patch.dict(os.environ, hosts):
             yield pubsub.host, storage.url
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 def provision(settings: Settings) -> None:

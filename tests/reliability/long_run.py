@@ -23,7 +23,7 @@ from pathlib import Path
 from consumer.model_store import write_local_model
 from tests.chaos.catalogue import MODEL
 from tests.chaos.run import ChaosConfig, run_chaos
-from tests.reliability.environment import isolated_settings, local_emulators
+from tests.reliability.environment import local_emulators
 from tests.reliability.figures import read_figures, write_figures
 from tests.reliability.report import render_section, update_document
 from tests.reliability.soak import (
@@ -35,6 +35,7 @@ from tests.reliability.soak import (
     run_soak,
     run_track,
 )
+from tests.settings_env import isolated_settings
 
 
 def _log(message: str) -> None:
