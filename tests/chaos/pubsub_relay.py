@@ -13,16 +13,21 @@ workers are SIGKILLed every few seconds (both measured here with plain subscribe
 Real Pub/Sub delivers at most ``max_outstanding_messages`` to a stream and drops a stream
 whose client is gone. The relay does both, and nothing else:
 
-- it keeps *one* ``StreamingPull`` to the emulator for the whole run (so no stream of the
-  emulator ever goes away) and holds what arrives in a pool, extending those leases;
-- it deals the pool out to the workers' own streams, never more than each asked for
-  (``max_outstanding_messages`` of its first request);
+- it takes messages from the emulator with unary ``Pull`` calls, never more than the
+  workers have room for, so the emulator has no stream that could go away (an earlier
+  version held one ``StreamingPull`` upstream; a 500-job run stalled with 22 jobs
+  outstanding and nothing left to pull, as if dealt to a stream the emulator had lost);
+- what arrives waits in a small pool, its leases extended, until a worker's stream has
+  room; it is dealt out never beyond the ``max_outstanding_messages`` of that stream's
+  first request;
 - a worker's stream that ends takes nothing with it: the messages it held are no longer
   extended by anyone, so the emulator redelivers them after the ack deadline — exactly
   what happens to the messages of a killed worker;
 - every other call (acks, nacks, lease extensions, publishes, admin) is forwarded byte
   for byte. Delivery attempts, the dead-letter policy and the retry policy remain the
   emulator's own.
+
+``stats()`` says what the relay holds at a moment (for the chaos run's progress lines).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ import grpc
 from google.pubsub_v1.types import (
     AcknowledgeRequest,
     ModifyAckDeadlineRequest,
+    PullRequest,
+    PullResponse,
     ReceivedMessage,
     StreamingPullRequest,
     StreamingPullResponse,
@@ -51,6 +58,7 @@ _SERVICE: Final = "/google.pubsub.v1.Subscriber/"
 STREAMING_PULL: Final = _SERVICE + "StreamingPull"
 _ACKNOWLEDGE: Final = _SERVICE + "Acknowledge"
 _MODIFY_ACK_DEADLINE: Final = _SERVICE + "ModifyAckDeadline"
+_PULL: Final = _SERVICE + "Pull"
 _OPTIONS: Final = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 _DEFAULT_LIMIT: Final = 10
 """Messages per stream when a client sets no ``max_outstanding_messages``."""
@@ -96,6 +104,7 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
         self._metadata: list[tuple[str, str]] = []
         self._closing = threading.Event()
         self.attachments = 0
+        self.pulled = 0
         self.dealt = 0
         self.abandoned = 0
         """Messages workers held when their stream ended (redelivered after the deadline)."""
@@ -186,33 +195,40 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
         threading.Thread(target=self._pump, name="relay-upstream", daemon=True).start()
         threading.Thread(target=self._extend_leases, name="relay-leases", daemon=True).start()
 
+    def _room(self) -> int:
+        """Messages the workers could take now, less those already pooled (lock held)."""
+        free = sum(max(0, w.limit - len(w.holding)) for w in self._workers)
+        return free - len(self._pool)
+
     def _pump(self) -> None:
-        """Read the one upstream stream for as long as the relay runs (reopened if it
-        breaks); everything that arrives goes into the pool."""
+        """Pull what the workers have room for, for as long as the relay runs; what
+        arrives goes into the pool and is dealt out at once."""
         assert self._subscription is not None
-        initial = StreamingPullRequest.serialize(
-            StreamingPullRequest(
-                subscription=self._subscription, stream_ack_deadline_seconds=self._lease_s
-            )
-        )
-
-        def outgoing() -> Iterator[bytes]:
-            yield initial
-            self._closing.wait()
-
+        pull = self._channel.unary_unary(_PULL)
         while not self._closing.is_set():
-            call = self._channel.stream_stream(STREAMING_PULL)(outgoing(), metadata=self._metadata)
+            with self._lock:
+                room = self._room()
+            if room <= 0:
+                self._closing.wait(0.05)
+                continue
+            request = PullRequest(
+                subscription=self._subscription, max_messages=room, return_immediately=True
+            )
             try:
-                for raw in call:
-                    response = StreamingPullResponse.deserialize(raw)
-                    with self._lock:
-                        for message in response.received_messages:
-                            # A redelivery of a message still pooled replaces the stale one.
-                            self._pool[message.message.message_id] = message
-                        self._deal()
+                raw = pull(PullRequest.serialize(request), metadata=self._metadata, timeout=10)
             except grpc.RpcError:
-                if self._closing.wait(0.5):
-                    return
+                self._closing.wait(0.5)
+                continue
+            received = PullResponse.deserialize(raw).received_messages
+            if not received:
+                self._closing.wait(0.1)  # nothing available: the backlog is dealt out
+                continue
+            with self._lock:
+                self.pulled += len(received)
+                for message in received:
+                    # A redelivery of a message still pooled replaces the stale one.
+                    self._pool[message.message.message_id] = message
+                self._deal()
 
     def _extend_leases(self) -> None:
         """Keep pooled messages leased to the relay until a worker takes them."""
@@ -233,6 +249,15 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
                 )
             except grpc.RpcError:
                 continue  # a lapsed lease means a redelivery: allowed, and counted
+
+    def stats(self) -> str:
+        """Streams attached, messages they hold, messages pooled, pulled and dealt so far."""
+        with self._lock:
+            held = sum(len(w.holding) for w in self._workers)
+            return (
+                f"streams {len(self._workers)}, held {held}, pooled {len(self._pool)}, "
+                f"pulled {self.pulled}, dealt {self.dealt}"
+            )
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -310,7 +310,9 @@ def run_chaos(
             submitter = _Submitter(settings, submissions, config.window or len(submissions))
             monkey.start()
             try:
-                ledger = _drain(results, submitter, submissions, fleet, proxy, started, config, log)
+                ledger = _drain(
+                    results, submitter, submissions, fleet, proxy, relay, started, config, log
+                )
             finally:
                 submitter.close()
             report.drain_s = time.monotonic() - started
@@ -364,6 +366,7 @@ def _drain(
     submissions: list[Submission],
     fleet: Fleet,
     proxy: FaultyProxy,
+    relay: PubSubRelay,
     started: float,
     config: ChaosConfig,
     log: Log,
@@ -385,7 +388,7 @@ def _drain(
             log(
                 f"chaos: t={now - started:.0f}s ended {len(submissions) - remaining}/"
                 f"{len(submissions)}, kills {fleet.kills}, "
-                f"faults {sum(proxy.fault_counts().values())}"
+                f"faults {sum(proxy.fault_counts().values())}; relay {relay.stats()}"
             )
             next_note = now + 10
         if not remaining or now >= deadline:
