@@ -120,10 +120,14 @@ class ChaosReport:
     peak_rss_bytes: int = 0
     exit_codes: list[int | None] = field(default_factory=list)
     log_lines: int = 0
+    lost_trails: dict[str, list[str]] = field(default_factory=dict)
+    """For each lost submission: its kind, message id, and the worker log lines naming it."""
 
     def failures(self) -> list[str]:
         """Everything that breaks the promise (empty when the run kept it)."""
-        found = [f"lost: {key}" for key in self.lost]
+        found = [
+            "lost: " + "\n    ".join([key, *self.lost_trails.get(key, [])]) for key in self.lost
+        ]
         found += [f"{key}: {problem}" for key, problem in self.wrong.items()]
         found += self.stem_problems + self.request_problems + self.bucket_problems
         found += [f"secret in a log line: {line}" for line in self.leaks]
@@ -226,14 +230,16 @@ class _Submitter:
         self._pending = list(submissions)
         self._window = window
         self.published: list[Submission] = []
+        self.message_ids: dict[str, str] = {}
+        """Submission key → the message id Pub/Sub gave it (to find it in worker logs)."""
 
     def top_up(self, ledger: Ledger) -> None:
         unfinished = sum(not ledger.ended(s) for s in self.published)
         batch = self._pending[: max(0, self._window - unfinished)]
         del self._pending[: len(batch)]
         futures = [self._publisher.publish(self._topic, s.data, **s.attributes) for s in batch]
-        for future in futures:
-            future.result(60)
+        for submission, future in zip(batch, futures, strict=True):
+            self.message_ids[submission.key] = future.result(60)
         self.published += batch
 
     def close(self) -> None:
@@ -355,9 +361,25 @@ def run_chaos(
     )
     lines = fleet.log_lines()
     report.log_lines = len(lines)
+    report.lost_trails = _trails(ledger.open(), submitter.message_ids, lines)
     report.leaks = find_leaks(lines, [ctx.canary])
     report.handler_crashes = sum("handler crashed" in line for line in lines)
     return report
+
+
+def _trails(
+    lost: list[Submission], message_ids: dict[str, str], lines: list[str]
+) -> dict[str, list[str]]:
+    """What the workers logged about each lost submission (by message id or job id)."""
+    trails = {}
+    for submission in lost:
+        message_id = message_ids.get(submission.key, "never published")
+        needles = [f'"{message_id}"'] + (
+            [f'"{submission.job.job_id}"'] if submission.job is not None else []
+        )
+        said = [line[:400] for line in lines if any(n in line for n in needles)]
+        trails[submission.key] = [f"kind {submission.kind}, message {message_id}", *said[-20:]]
+    return trails
 
 
 def _drain(
@@ -389,6 +411,11 @@ def _drain(
                 f"chaos: t={now - started:.0f}s ended {len(submissions) - remaining}/"
                 f"{len(submissions)}, kills {fleet.kills}, "
                 f"faults {sum(proxy.fault_counts().values())}; relay {relay.stats()}"
+                + (
+                    "; open: " + ", ".join(f"{s.key} ({s.kind})" for s in ledger.open())
+                    if remaining <= 10
+                    else ""
+                )
             )
             next_note = now + 10
         if not remaining or now >= deadline:
