@@ -316,6 +316,9 @@ class JobHandler:
             "jobId": delivery.attributes.get("jobId"),
             "trackId": delivery.attributes.get("trackId"),
         }
+        # A worker that dies mid-job logs nothing else about it: this line is what ties a
+        # redelivery (deliveryAttempt > 1) to the attempt that was lost.
+        _log.info("job received", extra=log_extra)
         job: Job | None = None
         duplicate = False
         try:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +81,7 @@ class _Worker:
     """One worker's stream: how much it may hold, what it holds, where to send more."""
 
     limit: int
+    number: int = 0
     inbox: queue.Queue[bytes] = field(default_factory=queue.Queue)
     holding: set[str] = field(default_factory=set)
 
@@ -108,6 +110,14 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
         self.dealt = 0
         self.abandoned = 0
         """Messages workers held when their stream ended (redelivered after the deadline)."""
+        self.expired = 0
+        """Of those, messages the emulator did not redeliver after the lease (see _expire)."""
+        self._started = time.monotonic()
+        self._message_of: dict[str, str] = {}  # ack id → message id
+        self._pulled_at: dict[str, float] = {}  # message id → when last pulled
+        self._found_nothing_at = 0.0  # when a pull last came back empty
+        self.trace: list[tuple[float, str, str]] = []
+        """(seconds, message id, what happened to it here): for a lost message's trail."""
 
     # --- grpc.GenericRpcHandler --------------------------------------------------------
 
@@ -127,12 +137,27 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
         except grpc.RpcError as exc:
             context.abort(exc.code(), exc.details() or "")
         if method == _ACKNOWLEDGE:
-            self._settled(AcknowledgeRequest.deserialize(request).ack_ids)
+            ack_ids = AcknowledgeRequest.deserialize(request).ack_ids
+            self._note(ack_ids, "ack")
+            self._settled(ack_ids)
         elif method == _MODIFY_ACK_DEADLINE:
             modack = ModifyAckDeadlineRequest.deserialize(request)
+            self._note(modack.ack_ids, f"modack {modack.ack_deadline_seconds}s")
             if modack.ack_deadline_seconds == 0:  # a nack
                 self._settled(modack.ack_ids)
         return response
+
+    def _note(self, ack_ids: Any, what: str, stream: int | None = None) -> None:
+        at = round(time.monotonic() - self._started, 2)
+        suffix = "" if stream is None else f" (stream {stream})"
+        with self._lock:
+            for ack_id in ack_ids:
+                self.trace.append((at, self._message_of.get(ack_id, "?"), what + suffix))
+
+    def trail(self, message_id: str) -> list[str]:
+        """What the relay saw of one message: pulled, dealt, acked, extended, abandoned."""
+        with self._lock:
+            return [f"{at:8.2f}s {what}" for at, mid, what in self.trace if mid == message_id]
 
     def _settled(self, ack_ids: Any) -> None:
         with self._lock:
@@ -146,7 +171,10 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
         self, requests: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         first = StreamingPullRequest.deserialize(next(requests))
-        worker = _Worker(int(first.max_outstanding_messages) or _DEFAULT_LIMIT)
+        with self._lock:
+            self.attachments += 1
+            number = self.attachments
+        worker = _Worker(int(first.max_outstanding_messages) or _DEFAULT_LIMIT, number)
         self._start_upstream(first.subscription, _forwarded_metadata(context))
 
         def detach() -> None:
@@ -154,12 +182,19 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
                 if worker in self._workers:
                     self._workers.remove(worker)
                     self.abandoned += len(worker.holding)
+            held = list(worker.holding)
+            self._note(held, "abandoned: stream ended", worker.number)
+            with self._lock:
                 self._deal()
+            if held:
+                ended = time.monotonic()
+                timer = threading.Timer(self._lease_s + 2, self._expire, args=(held, ended))
+                timer.daemon = True
+                timer.start()
 
         context.add_callback(detach)
         with self._lock:
             self._workers.append(worker)
-            self.attachments += 1
             self._deal()
         # Later requests (heartbeats, deadline changes) concern the relay's own stream;
         # reading them keeps the client from blocking.
@@ -179,6 +214,13 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
             worker = min(room, key=lambda w: len(w.holding))
             _, message = self._pool.popitem(last=False)
             worker.holding.add(message.ack_id)
+            self.trace.append(
+                (
+                    round(time.monotonic() - self._started, 2),
+                    message.message.message_id,
+                    f"dealt (stream {worker.number})",
+                )
+            )
             worker.inbox.put(
                 StreamingPullResponse.serialize(StreamingPullResponse(received_messages=[message]))
             )
@@ -221,14 +263,62 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
                 continue
             received = PullResponse.deserialize(raw).received_messages
             if not received:
+                with self._lock:
+                    self._found_nothing_at = time.monotonic()
                 self._closing.wait(0.1)  # nothing available: the backlog is dealt out
                 continue
             with self._lock:
                 self.pulled += len(received)
+                at = round(time.monotonic() - self._started, 2)
                 for message in received:
                     # A redelivery of a message still pooled replaces the stale one.
                     self._pool[message.message.message_id] = message
+                    self._message_of[message.ack_id] = message.message.message_id
+                    self._pulled_at[message.message.message_id] = time.monotonic()
+                    self.trace.append(
+                        (
+                            at,
+                            message.message.message_id,
+                            f"pulled, attempt {message.delivery_attempt}",
+                        )
+                    )
                 self._deal()
+
+    def _expire(self, ack_ids: list[str], ended: float) -> None:
+        """Make sure the messages of an ended stream come back once their lease is over.
+
+        Pub/Sub redelivers them when the deadline lapses. The emulator does too, but in
+        long runs it sometimes never does: jobs held by a killed worker stayed out of
+        reach for good, the backlog otherwise empty (no pull, unary or streaming, got them
+        back in minutes). So when a pull has found nothing to deliver after the lease was
+        over and a message has not come back, the relay ends that lease itself (a nack of
+        the dead stream's ack ids), which the emulator honours. While a backlog remains
+        they may just be queued behind it (the emulator re-queues a lapsed message at the
+        back): then the check is repeated later.
+        """
+        over = ended + self._lease_s + 1
+        with self._lock:
+            late = [
+                a for a in ack_ids if self._pulled_at.get(self._message_of.get(a, ""), 0) < ended
+            ]
+            stuck = self._found_nothing_at > over
+        if not late or self._closing.is_set():
+            return
+        if not stuck:
+            timer = threading.Timer(2.0, self._expire, args=(late, ended))
+            timer.daemon = True
+            timer.start()
+            return
+        self._note(late, "not redelivered after the lease, backlog empty: nacked")
+        with self._lock:
+            self.expired += len(late)
+        request = ModifyAckDeadlineRequest(
+            subscription=self._subscription, ack_ids=late, ack_deadline_seconds=0
+        )
+        with contextlib.suppress(grpc.RpcError):
+            self._channel.unary_unary(_MODIFY_ACK_DEADLINE)(
+                ModifyAckDeadlineRequest.serialize(request), metadata=self._metadata, timeout=5
+            )
 
     def _extend_leases(self) -> None:
         """Keep pooled messages leased to the relay until a worker takes them."""
@@ -256,7 +346,8 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
             held = sum(len(w.holding) for w in self._workers)
             return (
                 f"streams {len(self._workers)}, held {held}, pooled {len(self._pool)}, "
-                f"pulled {self.pulled}, dealt {self.dealt}"
+                f"pulled {self.pulled}, dealt {self.dealt}, "
+                f"server threads {sum(t.name.startswith('relay_') for t in threading.enumerate())}"
             )
 
     # --- lifecycle -------------------------------------------------------------------------

@@ -111,6 +111,8 @@ class ChaosReport:
     max_attempt: int = 0
     kills: int = 0
     abandoned_by_kills: int = 0
+    expired_by_relay: int = 0
+    """Messages of killed workers the emulator did not redeliver (the relay nacked them)."""
     worker_starts: int = 0
     start_up_s: list[float] = field(default_factory=list)
     storage_requests: int = 0
@@ -162,7 +164,9 @@ class ChaosReport:
             (
                 "Chaos: kills survived",
                 f"{self.kills} SIGKILLs (a ready worker every ~{c.kill_every_s:g} s); "
-                f"{self.abandoned_by_kills} jobs held by a killed worker; "
+                f"{self.abandoned_by_kills} jobs held by a killed worker "
+                f"({self.expired_by_relay} of them not redelivered by the emulator after "
+                "the lease, with nothing else to deliver: nacked by the relay); "
                 f"{self.worker_starts} worker starts, start-up median "
                 f"{statistics.median(self.start_up_s or [0]):.1f} s, "
                 f"max {max(self.start_up_s or [0]):.1f} s",
@@ -271,8 +275,10 @@ def run_chaos(
     model_repo: Path,
     workdir: Path,
     log: Log = print,
+    worker_log: Path | None = None,
 ) -> ChaosReport:
-    """One chaos run on the emulators ``base`` points at (its project must be fresh)."""
+    """One chaos run on the emulators ``base`` points at (its project must be fresh);
+    ``worker_log``: where to keep every worker's log lines (``w{n}`` = its nth start)."""
     report = ChaosReport(config)
     settings = chaos_settings(base, model_repo, config)
     provision(settings)
@@ -334,6 +340,7 @@ def run_chaos(
         requests = proxy.requests_seen()
         report.faults = proxy.fault_counts()
         report.abandoned_by_kills = relay.abandoned
+        report.expired_by_relay = relay.expired
 
     ledger = Ledger(submissions)
     ledger.add(results.events, results.dead_letters)
@@ -361,16 +368,28 @@ def run_chaos(
     )
     lines = fleet.log_lines()
     report.log_lines = len(lines)
-    report.lost_trails = _trails(ledger.open(), submitter.message_ids, lines)
+    if worker_log is not None:
+        worker_log.write_text(
+            "".join(
+                f"w{n} {line.rstrip()}\n"
+                for n, worker in enumerate(fleet.incarnations)
+                for line in worker.lines
+            )
+        )
+    report.lost_trails = _trails(ledger.open(), submitter.message_ids, lines, relay.trail)
     report.leaks = find_leaks(lines, [ctx.canary])
     report.handler_crashes = sum("handler crashed" in line for line in lines)
     return report
 
 
 def _trails(
-    lost: list[Submission], message_ids: dict[str, str], lines: list[str]
+    lost: list[Submission],
+    message_ids: dict[str, str],
+    lines: list[str],
+    relay_trail: Callable[[str], list[str]],
 ) -> dict[str, list[str]]:
-    """What the workers logged about each lost submission (by message id or job id)."""
+    """What the relay saw and the workers logged of each lost submission (by message id
+    or job id)."""
     trails = {}
     for submission in lost:
         message_id = message_ids.get(submission.key, "never published")
@@ -378,7 +397,11 @@ def _trails(
             [f'"{submission.job.job_id}"'] if submission.job is not None else []
         )
         said = [line[:400] for line in lines if any(n in line for n in needles)]
-        trails[submission.key] = [f"kind {submission.kind}, message {message_id}", *said[-20:]]
+        trails[submission.key] = [
+            f"kind {submission.kind}, message {message_id}",
+            *(f"relay {event}" for event in relay_trail(message_id)[-60:]),
+            *said[-20:],
+        ]
     return trails
 
 
@@ -441,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--drain-timeout", type=float, default=None)
     parser.add_argument("--figures", type=Path, help="write chaos.json figures into this folder")
+    parser.add_argument("--worker-log", type=Path, help="keep every worker's log lines here")
     args = parser.parse_args(argv)
     config = ChaosConfig(
         jobs=args.jobs,
@@ -456,7 +480,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp, local_emulators() as hosts:
         workdir = Path(tmp)
         repo = write_local_model(workdir / "models", MODEL, size="tiny")
-        report = run_chaos(config, isolated_settings(*hosts), model_repo=repo, workdir=workdir)
+        report = run_chaos(
+            config,
+            isolated_settings(*hosts),
+            model_repo=repo,
+            workdir=workdir,
+            worker_log=args.worker_log,
+        )
     for name, value in report.rows():
         print(f"{name:55} {value}")
     if args.figures:
