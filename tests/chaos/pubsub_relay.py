@@ -110,8 +110,10 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
         self.dealt = 0
         self.abandoned = 0
         """Messages workers held when their stream ended (redelivered after the deadline)."""
-        self.expired = 0
-        """Of those, messages the emulator did not redeliver after the lease (see _expire)."""
+        self.redealt = 0
+        """Of those, messages the emulator never redelivered: the relay did (see _expire)."""
+        self._acked: set[str] = set()  # message ids acked through the relay
+        self._last_received: dict[str, ReceivedMessage] = {}  # message id → last pulled copy
         self._started = time.monotonic()
         self._message_of: dict[str, str] = {}  # ack id → message id
         self._pulled_at: dict[str, float] = {}  # message id → when last pulled
@@ -139,6 +141,8 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
         if method == _ACKNOWLEDGE:
             ack_ids = AcknowledgeRequest.deserialize(request).ack_ids
             self._note(ack_ids, "ack")
+            with self._lock:
+                self._acked.update(self._message_of.get(a, "") for a in ack_ids)
             self._settled(ack_ids)
         elif method == _MODIFY_ACK_DEADLINE:
             modack = ModifyAckDeadlineRequest.deserialize(request)
@@ -275,6 +279,7 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
                     self._pool[message.message.message_id] = message
                     self._message_of[message.ack_id] = message.message.message_id
                     self._pulled_at[message.message.message_id] = time.monotonic()
+                    self._last_received[message.message.message_id] = message
                     self.trace.append(
                         (
                             at,
@@ -285,40 +290,44 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
                 self._deal()
 
     def _expire(self, ack_ids: list[str], ended: float) -> None:
-        """Make sure the messages of an ended stream come back once their lease is over.
+        """Redeliver what an ended stream held once its lease is over, if the emulator won't.
 
-        Pub/Sub redelivers them when the deadline lapses. The emulator does too, but in
-        long runs it sometimes never does: jobs held by a killed worker stayed out of
-        reach for good, the backlog otherwise empty (no pull, unary or streaming, got them
-        back in minutes). So when a pull has found nothing to deliver after the lease was
-        over and a message has not come back, the relay ends that lease itself (a nack of
-        the dead stream's ack ids), which the emulator honours. While a backlog remains
-        they may just be queued behind it (the emulator re-queues a lapsed message at the
-        back): then the check is repeated later.
+        Pub/Sub redelivers such messages when the deadline lapses, and so does the
+        emulator — at the back of its queue, so while a backlog remains they may wait for
+        all of it. But near the end of long runs it sometimes never does: with the backlog
+        empty, jobs held by a killed worker stayed unacked (the relay sees every ack) and
+        out of reach for minutes, a nack did not bring them back, and no pull, unary or
+        streaming, got them. So once a pull has found nothing to deliver after the lease
+        was over, a message that has neither come back nor been acked is dealt out again
+        by the relay itself, with the ack id it had (the emulator takes that id's ack and
+        lease extensions as the message's) and its delivery attempt + 1.
         """
         over = ended + self._lease_s + 1
         with self._lock:
             late = [
-                a for a in ack_ids if self._pulled_at.get(self._message_of.get(a, ""), 0) < ended
+                ack_id
+                for ack_id in ack_ids
+                if (mid := self._message_of.get(ack_id, "")) not in self._acked
+                and self._pulled_at.get(mid, 0) < ended
             ]
-            stuck = self._found_nothing_at > over
+            stranded = self._found_nothing_at > over
+            if late and stranded and not self._closing.is_set():
+                for ack_id in late:
+                    message = ReceivedMessage(self._last_received[self._message_of[ack_id]])
+                    message.delivery_attempt += 1
+                    self._pool[message.message.message_id] = message
+                    self._pulled_at[message.message.message_id] = time.monotonic()
+                    self._last_received[message.message.message_id] = message
+                self.redealt += len(late)
+                self._deal()
         if not late or self._closing.is_set():
             return
-        if not stuck:
-            timer = threading.Timer(2.0, self._expire, args=(late, ended))
-            timer.daemon = True
-            timer.start()
+        if stranded:
+            self._note(late, "lease over, stranded by the emulator: dealt again by the relay")
             return
-        self._note(late, "not redelivered after the lease, backlog empty: nacked")
-        with self._lock:
-            self.expired += len(late)
-        request = ModifyAckDeadlineRequest(
-            subscription=self._subscription, ack_ids=late, ack_deadline_seconds=0
-        )
-        with contextlib.suppress(grpc.RpcError):
-            self._channel.unary_unary(_MODIFY_ACK_DEADLINE)(
-                ModifyAckDeadlineRequest.serialize(request), metadata=self._metadata, timeout=5
-            )
+        timer = threading.Timer(2.0, self._expire, args=(late, ended))
+        timer.daemon = True
+        timer.start()
 
     def _extend_leases(self) -> None:
         """Keep pooled messages leased to the relay until a worker takes them."""

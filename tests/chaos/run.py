@@ -111,8 +111,8 @@ class ChaosReport:
     max_attempt: int = 0
     kills: int = 0
     abandoned_by_kills: int = 0
-    expired_by_relay: int = 0
-    """Messages of killed workers the emulator did not redeliver (the relay nacked them)."""
+    redealt_by_relay: int = 0
+    """Messages of killed workers the emulator never redelivered (the relay did)."""
     worker_starts: int = 0
     start_up_s: list[float] = field(default_factory=list)
     storage_requests: int = 0
@@ -165,8 +165,8 @@ class ChaosReport:
                 "Chaos: kills survived",
                 f"{self.kills} SIGKILLs (a ready worker every ~{c.kill_every_s:g} s); "
                 f"{self.abandoned_by_kills} jobs held by a killed worker "
-                f"({self.expired_by_relay} of them not redelivered by the emulator after "
-                "the lease, with nothing else to deliver: nacked by the relay); "
+                f"({self.redealt_by_relay} of them stranded by the emulator after the lease "
+                "and redelivered by the relay); "
                 f"{self.worker_starts} worker starts, start-up median "
                 f"{statistics.median(self.start_up_s or [0]):.1f} s, "
                 f"max {max(self.start_up_s or [0]):.1f} s",
@@ -340,7 +340,7 @@ def run_chaos(
         requests = proxy.requests_seen()
         report.faults = proxy.fault_counts()
         report.abandoned_by_kills = relay.abandoned
-        report.expired_by_relay = relay.expired
+        report.redealt_by_relay = relay.redealt
 
     ledger = Ledger(submissions)
     ledger.add(results.events, results.dead_letters)
@@ -419,6 +419,7 @@ def _drain(
     """Submit, and collect outcomes until every submission has one or the time is up."""
     deadline = started + config.drain_timeout_s
     next_note = started + 10
+    last_change, last_remaining, dumped = started, len(submissions), False
     while True:
         ledger = Ledger(submissions)
         ledger.add(results.events, results.dead_letters)
@@ -441,6 +442,15 @@ def _drain(
                 )
             )
             next_note = now + 10
+        if remaining != last_remaining:
+            last_change, last_remaining, dumped = now, remaining, False
+        elif not dumped and now - last_change > 60 and remaining <= 30:
+            # Stuck: say what the relay saw of each open message while it still runs.
+            dumped = True
+            for key, trail in _trails(
+                ledger.open(), submitter.message_ids, fleet.log_lines(), relay.trail
+            ).items():
+                log(f"chaos: stuck {key}\n    " + "\n    ".join(trail))
         if not remaining or now >= deadline:
             return ledger
 
@@ -474,8 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         fault_rate=args.fault_rate,
         seed=args.seed,
         window=args.window,
-        # A few seconds of fleet time per job, and never less than the CI budget.
-        drain_timeout_s=args.drain_timeout or max(ChaosConfig.drain_timeout_s, 4.0 * args.jobs),
+        # About twice what a 500-job run takes on 2 cores, and never less than the CI budget.
+        drain_timeout_s=args.drain_timeout or max(ChaosConfig.drain_timeout_s, 1.5 * args.jobs),
     )
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp, local_emulators() as hosts:
         workdir = Path(tmp)

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             kill_every_s=args.kill_every,
             seed=args.seed,
-            drain_timeout_s=max(ChaosConfig.drain_timeout_s, 4.0 * args.jobs),
+            drain_timeout_s=max(ChaosConfig.drain_timeout_s, 1.5 * args.jobs),
         )
         chaos = run_chaos(
             config, isolated_settings(*hosts), model_repo=repo, workdir=step("chaos"), log=_log
