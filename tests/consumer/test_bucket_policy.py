@@ -16,7 +16,8 @@ from consumer.settings import Settings
 
 def test_warns_on_real_gcp_when_any_bucket_is_allowed(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="consumer.app"):
-        assert warn_if_buckets_unrestricted(Settings(project="prod"))
+        # Explicit: the session's emulator fixture exports PUBSUB_EMULATOR_HOST.
+        assert warn_if_buckets_unrestricted(Settings(project="prod", pubsub_emulator_host=None))
     assert "STEM_ALLOWED_BUCKETS is empty" in caplog.text
 
 
