@@ -242,5 +242,10 @@ class Fleet:
         """How long each incarnation took from spawn to pulling (those that got there)."""
         return [w.ready_at - w.started for w in self.incarnations if w.ready_at is not None]
 
-    def log_lines(self) -> list[str]:
-        return [line for worker in self.incarnations for line in worker.lines]
+    def log_lines(self, *, numbered: bool = False) -> list[str]:
+        """Every worker's log lines; ``numbered``: each prefixed ``w{n}``, n its start."""
+        return [
+            f"w{n} {line}" if numbered else line
+            for n, worker in enumerate(self.incarnations)
+            for line in worker.lines
+        ]

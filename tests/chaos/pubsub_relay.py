@@ -15,8 +15,8 @@ whose client is gone. The relay does both, and nothing else:
 
 - it takes messages from the emulator with unary ``Pull`` calls, never more than the
   workers have room for, so the emulator has no stream that could go away (an earlier
-  version held one ``StreamingPull`` upstream; a 500-job run stalled with 22 jobs
-  outstanding and nothing left to pull, as if dealt to a stream the emulator had lost);
+  version held one ``StreamingPull`` upstream instead; the stalls it then showed in long
+  runs turned out to happen with ``Pull`` too, see :meth:`PubSubRelay._expire`);
 - what arrives waits in a small pool, its leases extended, until a worker's stream has
   room; it is dealt out never beyond the ``max_outstanding_messages`` of that stream's
   first request;
@@ -151,12 +151,15 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
                 self._settled(modack.ack_ids)
         return response
 
+    def _trace(self, message_id: str, what: str) -> None:
+        """Add to the trace (caller holds the lock)."""
+        self.trace.append((round(time.monotonic() - self._started, 2), message_id, what))
+
     def _note(self, ack_ids: Any, what: str, stream: int | None = None) -> None:
-        at = round(time.monotonic() - self._started, 2)
         suffix = "" if stream is None else f" (stream {stream})"
         with self._lock:
             for ack_id in ack_ids:
-                self.trace.append((at, self._message_of.get(ack_id, "?"), what + suffix))
+                self._trace(self._message_of.get(ack_id, "?"), what + suffix)
 
     def trail(self, message_id: str) -> list[str]:
         """What the relay saw of one message: pulled, dealt, acked, extended, abandoned."""
@@ -218,13 +221,7 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
             worker = min(room, key=lambda w: len(w.holding))
             _, message = self._pool.popitem(last=False)
             worker.holding.add(message.ack_id)
-            self.trace.append(
-                (
-                    round(time.monotonic() - self._started, 2),
-                    message.message.message_id,
-                    f"dealt (stream {worker.number})",
-                )
-            )
+            self._trace(message.message.message_id, f"dealt (stream {worker.number})")
             worker.inbox.put(
                 StreamingPullResponse.serialize(StreamingPullResponse(received_messages=[message]))
             )
@@ -273,19 +270,14 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
                 continue
             with self._lock:
                 self.pulled += len(received)
-                at = round(time.monotonic() - self._started, 2)
                 for message in received:
                     # A redelivery of a message still pooled replaces the stale one.
                     self._pool[message.message.message_id] = message
                     self._message_of[message.ack_id] = message.message.message_id
                     self._pulled_at[message.message.message_id] = time.monotonic()
                     self._last_received[message.message.message_id] = message
-                    self.trace.append(
-                        (
-                            at,
-                            message.message.message_id,
-                            f"pulled, attempt {message.delivery_attempt}",
-                        )
+                    self._trace(
+                        message.message.message_id, f"pulled, attempt {message.delivery_attempt}"
                     )
                 self._deal()
 

@@ -370,11 +370,7 @@ def run_chaos(
     report.log_lines = len(lines)
     if worker_log is not None:
         worker_log.write_text(
-            "".join(
-                f"w{n} {line.rstrip()}\n"
-                for n, worker in enumerate(fleet.incarnations)
-                for line in worker.lines
-            )
+            "".join(f"{line.rstrip()}\n" for line in fleet.log_lines(numbered=True))
         )
     report.lost_trails = _trails(ledger.open(), submitter.message_ids, lines, relay.trail)
     report.leaks = find_leaks(lines, [ctx.canary])
