@@ -13,13 +13,13 @@ the drain timeout passes. Then it stops the fleet with SIGTERM and checks the pr
   output bucket), no object lies outside a good job's prefix, no secret reached a log.
 
 Why good jobs cannot be dead-lettered by Pub/Sub here: the subscription allows
-``max_delivery_attempts`` = 100 deliveries. A kill costs a job at most a few deliveries
-(the emulator may first redeliver into the dead worker's stream, one ack deadline each),
+``max_delivery_attempts`` = 100 deliveries. A kill costs a job one delivery (the
+dead worker's lease lapses and the relay deals the redelivery to a live worker),
 and a storage call fails only after four faulted tries (about 1e-4 per call at 10 %), so
 within the drain timeout no good job gets anywhere near 100; the report shows the most any
 job needed. A good job in ``stem-dlq`` is therefore a failure whatever its reason.
 
-The workers reach the Pub/Sub emulator through :class:`~tests.chaos.pubsub_relay.PubSubRelay`,
+The workers reach the Pub/Sub emulator through :class:`~tests.pubsub_relay.PubSubRelay`,
 which deals out streaming pulls with flow control and drops the streams of killed workers,
 as Pub/Sub does and the emulator does not (see there); storage goes through
 :class:`~tests.faults.FaultyProxy`.
@@ -58,8 +58,8 @@ from tests.chaos.catalogue import (
 )
 from tests.chaos.fleet import Fleet
 from tests.chaos.ledger import Ledger, check_buckets, check_requests, check_stems, find_leaks
-from tests.chaos.pubsub_relay import PubSubRelay
 from tests.faults import FAULTS, Fault, FaultyProxy, random_faults
+from tests.pubsub_relay import PubSubRelay
 from tests.reliability.environment import provision, results_subscription
 from tests.worker_fixtures import Results
 
