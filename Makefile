@@ -68,7 +68,7 @@ reliability: install ## chaos, resource, bad-input and security suite (CI-sized)
 	RELIABILITY_FIGURES=$(RELIABILITY_FIGURES)/ci $(BIN)/python -m pytest tests/chaos tests/reliability $(PYTEST_ARGS)
 	$(BIN)/python -m tests.reliability.report $(RELIABILITY_FIGURES)/ci --section ci --out docs/reliability.md
 
-reliability-long: install ## release check: 500-job chaos run, 1000-job soak, 10-minute track (~11 min); rewrites its table
+reliability-long: install ## release check: 500-job chaos run, 1000-job soak, 10-minute track (~14 min); rewrites its table
 	$(BIN)/python -m tests.reliability.long_run --jobs 500 --workers 3 --figures $(RELIABILITY_FIGURES)/long --out docs/reliability.md
 
 ci: lint typecheck test contracts-check ## what .ci/run runs
