@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import select
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from infra.emulators import PubSubEmulator
+from tests.helpers import kill_group
 from tests.pubsub_relay import PubSubRelay
 
 PROJECT = "dead-streams"
@@ -88,11 +88,6 @@ def _line(stream: IO[str] | None, timeout_s: float) -> str | None:
     return stream.readline().strip() if ready else None
 
 
-def _kill(process: subprocess.Popen[str]) -> None:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(10)
-
-
 @contextmanager
 def _through(mode: str, emulator_host: str) -> Iterator[str]:
     if mode == "relay":
@@ -133,13 +128,13 @@ def trial(number: int, mode: str, emulator_host: str, clients: Any, wait_s: floa
                 raise RuntimeError(f"{mode} trial {number}: the first subscriber got nothing")
             time.sleep(1.0)  # it has extended the lease once
         finally:
-            _kill(holder)
+            kill_group(holder)
         killed = time.monotonic()
         live = _subscriber(host, subscription, ack=True)
         try:
             got = _line(live.stdout, wait_s)
         finally:
-            _kill(live)
+            kill_group(live)
     seconds = time.monotonic() - killed
     if got:
         return Trial(mode, seconds, int(got.split()[1]))

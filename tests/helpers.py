@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
 import time
 from typing import Any
 
@@ -57,3 +61,11 @@ def mpeg1_layer3_headers(data: bytes) -> list[tuple[int, int, int]]:
         pos += 144_000 * bitrate // rate + ((header >> 9) & 1)
     assert pos == len(data), "the last frame runs past the end of the file"
     return headers
+
+
+def kill_group(process: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """SIGKILL a child started with ``start_new_session=True``, all its process group
+    (a crash, an OOM kill, a node lost), and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout_s)

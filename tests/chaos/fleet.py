@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from consumer.settings import Settings
+from tests.helpers import kill_group
 from tests.settings_env import settings_environment
 
 __all__ = ["STEMCTL_WORKER", "Fleet", "ProcStats", "WorkerProcess", "proc_stats"]
@@ -137,9 +138,7 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole process group: a crash, an OOM kill, a node lost."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.process.wait(30)
+        kill_group(self.process, 30)
         self._reader.join(10)
 
     def send_term(self) -> None:

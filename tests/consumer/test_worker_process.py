@@ -46,6 +46,7 @@ from stem_contracts import (
     StemsProgress,
     decode_event,
 )
+from tests.helpers import kill_group
 from tests.pubsub_relay import PubSubRelay
 from tests.settings_env import settings_environment
 from tests.worker_fixtures import MODEL, Results
@@ -143,9 +144,7 @@ class Stemctl:
 
     def kill(self) -> None:
         """SIGKILL the whole process group (a crash, or teardown of a leftover)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
+        kill_group(self.process)
         for reader in self._readers:
             reader.join(10)
 
@@ -187,7 +186,7 @@ def relay(worker_settings: Settings) -> Iterator[PubSubRelay]:
 
 
 @pytest.fixture
-def long_settings(worker_settings: Settings, pubsub_clients: Any, relay: PubSubRelay) -> Settings:
+def long_settings(worker_settings: Settings, relay: PubSubRelay) -> Settings:
     """Worker settings for :data:`LONG_CLIP_S` of audio, with progress after every chunk,
     reaching Pub/Sub through the relay (the test itself publishes and listens directly)."""
     return worker_settings.model_copy(
