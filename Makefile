@@ -34,16 +34,17 @@ test-unit: install ## only the tests that need no server
 test-integration: install ## only the tests on the Pub/Sub emulator and fake-gcs-server
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
-lint: install ## ruff: lint, import order, formatting
+lint: install ## ruff (lint, import order, formatting) and import-linter (the layers in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-typecheck: install ## mypy --strict on consumer, infra, contracts, bench and tests
-	$(BIN)/mypy consumer infra contracts/stem_contracts bench tests
+typecheck: install ## mypy --strict on every package, bench and tests
+	$(BIN)/mypy consumer stemctl infra devkit contracts/stem_contracts bench tests
 
 schemas: install ## regenerate contracts/schemas from the models
 	$(BIN)/python -m stem_contracts.schemas write contracts/schemas

@@ -8,7 +8,7 @@
   the Pub/Sub emulator and fake-gcs-server, ``infra.provision.apply``, a worker built by
   ``consumer.app.build_worker`` pulling in a thread of this process, a job submitted with
   ``JobPublisher.submit_file`` and ``stems.processed`` awaited on a results subscription
-  (``consumer.watch.results_subscription``) by one long-lived ``ResultSubscriber``.
+  (``stemctl.results.results_subscription``) by one long-lived ``ResultSubscriber``.
 
 Both use one ``DemucsSeparator`` (loaded by ``consumer.app.load_separator``) so that the
 model, its warm state and its forward-timing hooks are shared.
@@ -41,8 +41,7 @@ from consumer.handler import Delivery, HandlerConfig, JobHandler, Outcome
 from consumer.separation import DemucsSeparator, Separator
 from consumer.settings import Settings
 from consumer.storage import BlobInfo
-from consumer.watch import is_final, results_subscription
-from infra.emulators import FakeGcsServer, PubSubEmulator
+from devkit.emulators import FakeGcsServer, PubSubEmulator
 from infra.provision import apply
 from stem_contracts import (
     Job,
@@ -53,6 +52,7 @@ from stem_contracts import (
     split_gcs_uri,
 )
 from stem_contracts import ResultEvent as AnyResult
+from stemctl.results import is_final, results_subscription
 
 __all__ = ["EndToEndPipeline", "InProcessPipeline"]
 
@@ -263,7 +263,7 @@ class _FinalResults:
     """A long-lived subscriber's callback: the final result event of every job, by id.
 
     One subscriber for the whole run, as a catalog service would have: opening a fresh
-    streaming pull per job on the same subscription (``consumer.watch.wait_for_result``)
+    streaming pull per job on the same subscription (``stemctl.results.wait_for_result``)
     delayed deliveries by a minute and more on the emulator when done repeatedly.
     """
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Final, Literal, cast
 
 from bench.workload import DEFAULT_CACHE_DIR
-from consumer.model_store import ModelSize
+from devkit.models import ModelSize
 
 __all__ = ["MODES", "RSS_MODES", "Mode", "Options", "parse_args"]
 

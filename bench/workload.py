@@ -14,8 +14,8 @@ from typing import Final
 import numpy as np
 import soundfile as sf
 
-from consumer.model_store import ModelSize, write_local_model
-from consumer.synth import multi_instrument_mix
+from devkit.models import ModelSize, write_local_model
+from devkit.synth import multi_instrument_mix
 
 __all__ = ["DEFAULT_CACHE_DIR", "MODEL_NAME", "SAMPLE_RATE", "model_folder", "synth_track"]
 
@@ -38,7 +38,7 @@ def model_folder(size: ModelSize, cache_dir: Path) -> Path:
 def synth_track(seconds: float, cache_dir: Path, *, seed: int = 0) -> Path:
     """A stereo 44.1 kHz 16-bit WAV of ``seconds``, the same bytes for the same arguments.
 
-    The first minute is :func:`consumer.synth.multi_instrument_mix`; a longer track repeats
+    The first minute is :func:`devkit.synth.multi_instrument_mix`; a longer track repeats
     it (the model's cost does not depend on the content, and the repetition keeps a
     ten-minute track quick to make).
     """

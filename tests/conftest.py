@@ -8,6 +8,7 @@ has only ``stem-contracts``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
+
+# The worker fixtures (tiny local model, in-process worker, clips, staging, results) for
+# every test directory that needs them — registered only where the fleet is installed:
+# ``tests/contracts`` also runs in a virtualenv that has only ``stem-contracts``.
+if importlib.util.find_spec("consumer") is not None:
+    pytest_plugins = ["tests.support.worker_fixtures"]
 
 if TYPE_CHECKING:
     from consumer.settings import Settings
@@ -47,7 +54,7 @@ def _tracing() -> None:
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     except ImportError:
         return
-    from tests.spans import EXPORTER
+    from tests.support.spans import EXPORTER
 
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
@@ -63,7 +70,7 @@ class Emulators:
 @pytest.fixture(scope="session")
 def emulators() -> Iterator[Emulators]:
     """Start both servers on free loopback ports; point the client libraries at them."""
-    from infra.emulators import FakeGcsServer, PubSubEmulator
+    from devkit.emulators import FakeGcsServer, PubSubEmulator
 
     with PubSubEmulator() as pubsub, FakeGcsServer() as gcs:
         os.environ["PUBSUB_EMULATOR_HOST"] = pubsub.host
@@ -87,7 +94,7 @@ def settings(emulators: Emulators, unique: str) -> Settings:
 
     Retry backoff is the shortest Pub/Sub allows so redelivery tests stay fast.
     """
-    from tests.settings_env import isolated_settings
+    from tests.support.settings_env import isolated_settings
 
     return isolated_settings(emulators.pubsub_host, emulators.storage_url, unique)
 

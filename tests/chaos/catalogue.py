@@ -33,7 +33,7 @@ import numpy as np
 import soundfile as sf
 
 from consumer.audio import encode as encode_audio
-from consumer.synth import multi_instrument_mix
+from devkit.synth import multi_instrument_mix
 from stem_contracts import HTDEMUCS_6S_STEMS, Job, encode
 
 __all__ = [

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import IO
 
 from consumer.settings import Settings
-from tests.helpers import kill_group
-from tests.settings_env import settings_environment
+from tests.support.helpers import kill_group
+from tests.support.settings_env import settings_environment
 
 __all__ = ["STEMCTL_WORKER", "Fleet", "ProcStats", "WorkerProcess", "proc_stats"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from stem_contracts import ResultEvent, StemsFailed, StemsProcessed, split_gcs_uri
 from tests.chaos.catalogue import Submission
-from tests.faults import Request
+from tests.support.faults import Request
 
 __all__ = ["Ledger", "check_buckets", "check_requests", "check_stems", "find_leaks"]
 

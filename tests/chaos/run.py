@@ -19,10 +19,10 @@ and a storage call fails only after four faulted tries (about 1e-4 per call at 1
 within the drain timeout no good job gets anywhere near 100; the report shows the most any
 job needed. A good job in ``stem-dlq`` is therefore a failure whatever its reason.
 
-The workers reach the Pub/Sub emulator through :class:`~tests.pubsub_relay.PubSubRelay`,
+The workers reach the Pub/Sub emulator through :class:`~tests.support.pubsub_relay.PubSubRelay`,
 which deals out streaming pulls with flow control and drops the streams of killed workers,
 as Pub/Sub does and the emulator does not (see there); storage goes through
-:class:`~tests.faults.FaultyProxy`.
+:class:`~tests.support.faults.FaultyProxy`.
 
 Run it alone, at any size, with its own emulators::
 
@@ -58,10 +58,10 @@ from tests.chaos.catalogue import (
 )
 from tests.chaos.fleet import Fleet
 from tests.chaos.ledger import Ledger, check_buckets, check_requests, check_stems, find_leaks
-from tests.faults import FAULTS, Fault, FaultyProxy, random_faults
-from tests.pubsub_relay import PubSubRelay
 from tests.reliability.environment import provision, results_subscription
-from tests.worker_fixtures import Results
+from tests.support.faults import FAULTS, Fault, FaultyProxy, random_faults
+from tests.support.pubsub_relay import PubSubRelay
+from tests.support.worker_fixtures import Results
 
 __all__ = ["ChaosConfig", "ChaosReport", "chaos_settings", "run_chaos"]
 
@@ -453,10 +453,10 @@ def _drain(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tests.chaos.run``: a chaos run of any size on emulators of its own."""
-    from consumer.model_store import write_local_model
+    from devkit.models import write_local_model
     from tests.reliability.environment import local_emulators
     from tests.reliability.figures import write_figures
-    from tests.settings_env import isolated_settings
+    from tests.support.settings_env import isolated_settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=ChaosConfig.jobs)

@@ -23,7 +23,7 @@ from demucs.audio import encode_mp3, i16_pcm
 from consumer import audio
 from consumer.audio import CONTENT_TYPES, AudioFormat, decode, encode, probe
 from consumer.errors import AudioTooLong, CorruptAudio, StemError, UnsupportedAudio
-from tests.helpers import mpeg1_layer3_headers
+from tests.support.helpers import mpeg1_layer3_headers
 
 RATE = 44_100
 Audio = npt.NDArray[np.float32]

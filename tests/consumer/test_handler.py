@@ -1,7 +1,7 @@
 """The job handler on in-memory fakes: what it publishes, uploads, acks and nacks.
 
 Real audio decoding and encoding run on a one-second generated clip; storage, Pub/Sub and
-the model are the fakes in ``tests/fakes.py``. Nothing here needs a server.
+the model are the fakes in ``tests/support/fakes.py``. Nothing here needs a server.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import soundfile as sf
 
 from consumer.errors import ModelLoadError, StorageUnavailable
 from consumer.handler import Delivery, HandlerConfig, JobHandler, Outcome
-from consumer.synth import multi_instrument_mix
+from devkit.synth import multi_instrument_mix
 from stem_contracts import (
     HTDEMUCS_6S_STEMS,
     Job,
@@ -30,7 +30,7 @@ from stem_contracts import (
     decode_event,
     encode,
 )
-from tests.fakes import CountingSeparator, InMemoryBlobStore, RecordingEventPublisher
+from tests.support.fakes import CountingSeparator, InMemoryBlobStore, RecordingEventPublisher
 
 OUTPUT_BUCKET = "stem-output"
 STAGING = "gs://stem-staging/uploads"

@@ -21,8 +21,8 @@ from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 
 from consumer.errors import DeviceOutOfMemory, ModelLoadError
-from consumer.model_store import HTDEMUCS_6S_SOURCES, build_model, write_local_model
 from consumer.separation import DemucsSeparator, SeparationCancelled, resolve_device
+from devkit.models import HTDEMUCS_6S_SOURCES, build_model, write_local_model
 from stem_contracts import model_version
 
 MODEL = "htdemucs_6s"

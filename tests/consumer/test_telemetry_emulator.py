@@ -24,8 +24,8 @@ from consumer.separation import DemucsSeparator
 from consumer.settings import Settings
 from consumer.telemetry import Health, Metrics, TelemetryServer
 from stem_contracts import Job, JobPublisher, ResultSubscriber, StemsProcessed, StemsProgress
-from tests.spans import EXPORTER
-from tests.worker_fixtures import MODEL, Results
+from tests.support.spans import EXPORTER
+from tests.support.worker_fixtures import MODEL, Results
 
 pytestmark = pytest.mark.integration
 

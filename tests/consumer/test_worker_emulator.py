@@ -30,9 +30,9 @@ from stem_contracts import (
     decode_event,
     split_gcs_uri,
 )
-from tests.faults import FaultyProxy, fail_first
-from tests.helpers import mpeg1_layer3_headers
-from tests.worker_fixtures import MODEL, Results
+from tests.support.faults import FaultyProxy, fail_first
+from tests.support.helpers import mpeg1_layer3_headers
+from tests.support.worker_fixtures import MODEL, Results
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,11 @@ JSON log lines on stderr, result events on ``stem-results`` — not on sleeps: a
 run, and that is when the worker is signalled.
 
 The workers of the signal tests reach the emulator through
-:class:`~tests.pubsub_relay.PubSubRelay`. The emulator never forgets a streaming pull whose
+:class:`~tests.support.pubsub_relay.PubSubRelay`. The emulator never forgets a streaming pull whose
 client has gone — cancelled, exited or killed — and goes on handing messages to it: after a
 worker is killed, each redelivery goes to the dead stream or the live one at random, one
 ack deadline (10 s) a round, and after five the job is dead-lettered: measured with plain
-subscribers (``python -m tests.dead_streams``), 2 killed workers' messages in 24 never
+subscribers (``python -m tests.support.dead_streams``), 2 killed workers' messages in 24 never
 reached the live subscriber, and a test that waited 75 s for the job failed in CI. Real
 Pub/Sub drops a stream whose client is gone, and so does the relay, which forwards
 everything else (acks, nacks, lease extensions, publishes) byte for byte: with it the job
@@ -46,10 +46,10 @@ from stem_contracts import (
     StemsProgress,
     decode_event,
 )
-from tests.helpers import kill_group
-from tests.pubsub_relay import PubSubRelay
-from tests.settings_env import settings_environment
-from tests.worker_fixtures import MODEL, Results
+from tests.support.helpers import kill_group
+from tests.support.pubsub_relay import PubSubRelay
+from tests.support.settings_env import settings_environment
+from tests.support.worker_fixtures import MODEL, Results
 
 pytestmark = pytest.mark.integration
 

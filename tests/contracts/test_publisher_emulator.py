@@ -20,7 +20,7 @@ from stem_contracts import (
     decode_job,
     encode,
 )
-from tests.helpers import pull
+from tests.support.helpers import pull
 
 pytestmark = pytest.mark.integration
 

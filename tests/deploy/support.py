@@ -20,8 +20,8 @@ from unittest import mock
 import typer.main
 import yaml
 
-from consumer.cli import app
 from consumer.settings import Settings
+from stemctl.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile.gpu"

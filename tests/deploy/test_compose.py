@@ -20,7 +20,7 @@ from tests.deploy.support import (
     load_yaml_documents,
     settings_from,
 )
-from tests.settings_env import settings_env_names
+from tests.support.settings_env import settings_env_names
 
 STEM_IMAGE_SERVICES = ("provision", "worker", "stemctl")
 

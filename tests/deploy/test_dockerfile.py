@@ -237,7 +237,7 @@ def test_dockerignore_sends_what_the_build_copies_and_nothing_private(
         for source in ins.args.split()[:-1]
     ]
     assert copied
-    for source in [*copied, "consumer/cli.py", "infra/provision.py", "contracts/pyproject.toml"]:
+    for source in [*copied, "stemctl/cli.py", "infra/provision.py", "contracts/pyproject.toml"]:
         assert not _dockerignore_excludes(source, patterns), f".dockerignore drops {source}"
     for private in [".venv/bin/python", ".git/config", "tests/conftest.py", "infra/terraform/x.tf"]:
         assert _dockerignore_excludes(private, patterns), f".dockerignore sends {private}"

@@ -19,7 +19,7 @@ from tests.deploy.support import (
     read_env_file,
     settings_from,
 )
-from tests.settings_env import settings_env_names
+from tests.support.settings_env import settings_env_names
 
 # The oldest minor the manifests must work on (GKE's regular channel is at or above it).
 # kubernetes-validate's wheel carries the schemas; nothing is downloaded.

@@ -11,7 +11,7 @@ import pytest
 
 from infra.provision import DLQ_RETENTION_S, desired_subscriptions
 from tests.deploy.support import Terraform, default_settings
-from tests.settings_env import settings_env_names
+from tests.support.settings_env import settings_env_names
 
 PROJECT = "tf-project"
 

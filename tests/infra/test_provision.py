@@ -10,7 +10,7 @@ import pytest
 from consumer import gcp
 from consumer.settings import Settings
 from infra.provision import apply
-from tests.helpers import pull
+from tests.support.helpers import pull
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
-"""Fixtures of the reliability suite: the worker fixtures of ``tests/consumer`` (the tiny
-local model, an in-process worker on the emulators, clips, staging, results), and a
-tally that records a test's figures for the results table once the test is over."""
+"""Fixtures of the reliability suite (beside the worker fixtures every suite gets from
+``tests/support/worker_fixtures.py``): a tally that records a test's figures for the
+results table once the test is over."""
 
 from __future__ import annotations
 
@@ -10,16 +10,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.reliability.figures import record
-from tests.worker_fixtures import (  # noqa: F401 - fixtures, registered by import
-    clip,
-    model_repo,
-    publish,
-    results,
-    separator,
-    stage,
-    start_worker,
-    worker_settings,
-)
 
 
 class Tally:

@@ -20,10 +20,10 @@ from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransp
 
 from consumer import gcp
 from consumer.settings import Settings
-from infra.emulators import FakeGcsServer, PubSubEmulator
+from devkit.emulators import FakeGcsServer, PubSubEmulator
 from infra.provision import apply
 from stem_contracts import Job, encode
-from tests.worker_fixtures import Results
+from tests.support.worker_fixtures import Results
 
 __all__ = [
     "local_emulators",

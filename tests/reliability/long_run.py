@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from consumer.model_store import write_local_model
+from devkit.models import write_local_model
 from tests.chaos.catalogue import MODEL
 from tests.chaos.run import ChaosConfig, run_chaos
 from tests.reliability.environment import local_emulators
@@ -35,7 +35,7 @@ from tests.reliability.soak import (
     run_soak,
     run_track,
 )
-from tests.settings_env import isolated_settings
+from tests.support.settings_env import isolated_settings
 
 
 def _log(message: str) -> None:

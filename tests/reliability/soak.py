@@ -29,12 +29,12 @@ import soundfile as sf
 from consumer import gcp
 from consumer.settings import Settings
 from consumer.stems import DEFAULT_MEMORY_LIMIT_BYTES
-from consumer.synth import multi_instrument_mix
+from devkit.synth import multi_instrument_mix
 from stem_contracts import Job, StemsProcessed
 from tests.chaos.catalogue import MODEL
 from tests.chaos.fleet import STEMCTL_WORKER, ProcStats, WorkerProcess
 from tests.reliability.environment import provision, publish_jobs, results_subscription
-from tests.worker_fixtures import Results
+from tests.support.worker_fixtures import Results
 
 __all__ = [
     "LONG_TRACK_LIMIT_BYTES",

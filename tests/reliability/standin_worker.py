@@ -3,7 +3,7 @@
 ``python -m tests.reliability.standin_worker`` reads the same settings from the
 environment and runs the same runner, handler, GCS adapter, publishers, decoding,
 spooling and encoding as ``stemctl worker``; only the separation is
-``tests.fakes.CountingSeparator`` (each stem is the mix divided by six). It exists so the
+``tests.support.fakes.CountingSeparator`` (each stem is the mix divided by six). It exists so the
 CI-sized soak can push 200 jobs through a worker process in well under a minute on two
 cores; the long mode runs the same soak on ``stemctl worker`` with the real Demucs model.
 """
@@ -16,7 +16,7 @@ import sys
 from consumer.app import build_worker
 from consumer.logs import configure_logging
 from consumer.settings import Settings
-from tests.fakes import CountingSeparator
+from tests.support.fakes import CountingSeparator
 
 
 def main() -> int:

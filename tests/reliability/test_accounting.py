@@ -14,9 +14,9 @@ import pytest
 from stem_contracts import Job, SourceInfo, StemFile, StemsProcessed
 from tests.chaos.catalogue import Submission
 from tests.chaos.ledger import Ledger, check_requests, find_leaks
-from tests.faults import Request
 from tests.reliability.report import update_document
 from tests.reliability.soak import rss_slope
+from tests.support.faults import Request
 
 
 def _good(key: str) -> Submission:

@@ -34,13 +34,13 @@ from consumer.errors import AudioTooLong, PermanentError, StemError
 from consumer.handler import Delivery, HandlerConfig, JobHandler, Outcome
 from consumer.runner import Worker
 from consumer.settings import Settings
-from consumer.synth import multi_instrument_mix
+from devkit.synth import multi_instrument_mix
 from stem_contracts import ContractError, StemsProcessed, decode_job, split_gcs_uri
 from tests.chaos.catalogue import flac_declaring, silence_flac
-from tests.fakes import CountingSeparator, InMemoryBlobStore, RecordingEventPublisher
 from tests.reliability.conftest import Tally
 from tests.reliability.strategies import MAX_ATTRIBUTES, attributes, messages
-from tests.worker_fixtures import Results
+from tests.support.fakes import CountingSeparator, InMemoryBlobStore, RecordingEventPublisher
+from tests.support.worker_fixtures import Results
 
 STAGING: Final = "stem-staging"
 OUTPUT: Final = "stem-output"

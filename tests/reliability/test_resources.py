@@ -22,7 +22,7 @@ def test_rss_stays_flat_and_no_temporary_file_or_descriptor_is_left_over_200_job
 
     Honest scope: the worker here is :mod:`tests.reliability.standin_worker` — the real
     runner, streaming pull, GCS adapter, publishers, decoding, spooling and encoding,
-    with the model replaced by ``tests.fakes.CountingSeparator`` so 200 jobs fit a CI
+    with the model replaced by ``tests.support.fakes.CountingSeparator`` so 200 jobs fit a CI
     budget on two cores. The same soak on ``stemctl worker`` with the real (tiny) Demucs
     model is part of the long mode (``python -m tests.reliability.long_run``).
     """

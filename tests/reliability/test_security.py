@@ -33,10 +33,10 @@ from stem_contracts import split_gcs_uri
 from tests.chaos.catalogue import GOOD_KINDS, LIMITS, POISON_KINDS, Context, make_submissions
 from tests.chaos.catalogue import stage_sources as stage_catalogue
 from tests.chaos.ledger import Ledger, check_buckets, check_requests, check_stems, find_leaks
-from tests.fakes import CountingSeparator, InMemoryBlobStore, RecordingEventPublisher
-from tests.faults import FaultyProxy
 from tests.reliability.conftest import Tally
-from tests.worker_fixtures import Results
+from tests.support.fakes import CountingSeparator, InMemoryBlobStore, RecordingEventPublisher
+from tests.support.faults import FaultyProxy
+from tests.support.worker_fixtures import Results
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Each way the storage service fails is retried in place by the GCS adapter.
 
-One fault of each kind (``tests/faults.py``: a 503, a connection dropped before or after
+One fault of each kind (``tests/support/faults.py``: a 503, a connection dropped before or after
 the server acted, a response cut off half-way) on each kind of call the worker makes;
 the call must still succeed, with the bytes intact, without the job ever seeing it. (A
 response cut off mid-body used to escape the retries as an unclassified
@@ -18,7 +18,7 @@ import pytest
 from consumer import gcp
 from consumer.settings import Settings
 from consumer.storage import GcsBlobStore
-from tests.faults import FAULTS, Fault, FaultyProxy, Rule
+from tests.support.faults import FAULTS, Fault, FaultyProxy, Rule
 
 pytestmark = pytest.mark.integration
 

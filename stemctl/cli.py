@@ -14,12 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from consumer import gcp
-from consumer.cli_dlq import dlq_app
-from consumer.cli_model import model_app
-from consumer.cli_support import StemFormat, load_settings, operator_errors
 from consumer.logs import configure_logging
 from consumer.settings import Settings
-from consumer.watch import event_line, results_subscription, wait_for_result
 from stem_contracts import (
     Job,
     JobPublisher,
@@ -27,6 +23,10 @@ from stem_contracts import (
     ResultSubscriber,
     StemsFailed,
 )
+from stemctl.dlq.commands import dlq_app
+from stemctl.model import model_app
+from stemctl.results import event_line, results_subscription, wait_for_result
+from stemctl.support import StemFormat, load_settings, operator_errors
 
 __all__ = ["app", "main"]
 
@@ -196,7 +196,7 @@ def demo(
     ] = False,
 ) -> None:
     """Start the emulators, provision, run a worker, separate a generated sample, stop."""
-    from consumer.demo import run_demo
+    from stemctl.demo import run_demo
 
     raise typer.Exit(code=run_demo(seconds=seconds, fmt=fmt.value, fetch=fetch))
 

@@ -1,6 +1,6 @@
 """``stemctl dlq``: inspect, replay and purge the dead-letter queue.
 
-Every command reads ``stem-dlq`` the same way (``consumer.dlq``): it holds what it pulls
+Every command reads ``stem-dlq`` the same way (``stemctl.dlq.core``): it holds what it pulls
 and releases whatever it did not act on when it ends, so nothing an operator only looked
 at stays leased, and nothing is acked before its replay is confirmed. Tables and the
 progress bar are drawn with rich only when stdout is a terminal; otherwise the output is
@@ -24,8 +24,8 @@ import typer
 from google.api_core import exceptions as gexc
 
 from consumer import gcp
-from consumer.cli_support import CommandFailed, load_settings, operator_errors
-from consumer.dlq import (
+from consumer.settings import Settings
+from stemctl.dlq.core import (
     DeadLetter,
     DlqSubscription,
     Filters,
@@ -36,7 +36,7 @@ from consumer.dlq import (
     parse_duration,
     republish,
 )
-from consumer.settings import Settings
+from stemctl.support import CommandFailed, load_settings, operator_errors
 
 __all__ = ["dlq_app"]
 

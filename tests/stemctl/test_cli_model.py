@@ -1,5 +1,5 @@
 """``stemctl model fetch`` and ``stemctl model info``, offline: on local model folders
-written by ``consumer.model_store`` and loaded through Demucs' own ``get_model``."""
+written by ``devkit.models`` and loaded through Demucs' own ``get_model``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from demucs.apply import BagOfModels
 from demucs.pretrained import get_model
 from typer.testing import CliRunner, Result
 
-from consumer.cli import app
-from consumer.model_store import HTDEMUCS_6S_SOURCES, build_model, write_local_model
+from devkit.models import HTDEMUCS_6S_SOURCES, build_model, write_local_model
 from stem_contracts import model_version
+from stemctl.cli import app
 
 MODEL = "htdemucs_6s"
 

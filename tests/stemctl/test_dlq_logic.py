@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from consumer.dlq import (
+from stemctl.dlq.core import (
     DeadLetter,
     Filters,
     Pacer,

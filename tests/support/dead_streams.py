@@ -1,4 +1,4 @@
-"""Measure why the worker tests need :class:`~tests.pubsub_relay.PubSubRelay`: side by side.
+"""Measure why the worker tests need :class:`~tests.support.pubsub_relay.PubSubRelay`: side by side.
 
 One subscriber process holds a message (streaming pull, the worker's flow control, never
 acks) and is SIGKILLed; a second one, started at once, acks whatever it gets. On Pub/Sub
@@ -7,7 +7,7 @@ the message reaches the second one when the dead one's lease lapses (one ack dea
 straight on the emulator and once through the relay, and reports how long the message
 took to come back, with which delivery attempt, or that it did not within the wait::
 
-    python -m tests.dead_streams --trials 12
+    python -m tests.support.dead_streams --trials 12
 
 Measured on the 2-core CI box (two runs of 12 trials): straight on the emulator the
 message came back after 9 to 29 s (attempts 2 to 4: the emulator deals each redelivery to
@@ -31,9 +31,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-from infra.emulators import PubSubEmulator
-from tests.helpers import kill_group
-from tests.pubsub_relay import PubSubRelay
+from devkit.emulators import PubSubEmulator
+from tests.support.helpers import kill_group
+from tests.support.pubsub_relay import PubSubRelay
 
 PROJECT = "dead-streams"
 ACK_DEADLINE_S = 10
@@ -73,7 +73,7 @@ def hold(subscription: str, ack: bool) -> None:
 
 def _subscriber(host: str, subscription: str, *, ack: bool) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.dead_streams", "--hold", subscription]
+        [sys.executable, "-m", "tests.support.dead_streams", "--hold", subscription]
         + (["--ack"] if ack else []),
         env={**os.environ, "PUBSUB_EMULATOR_HOST": host},
         stdout=subprocess.PIPE,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from consumer.cli_support import CommandFailed, load_settings, operator_errors
+from stemctl.support import CommandFailed, load_settings, operator_errors
 
 if TYPE_CHECKING:
     import torch

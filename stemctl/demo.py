@@ -19,13 +19,13 @@ from rich.table import Table
 
 from consumer import gcp
 from consumer.app import build_worker, load_separator
-from consumer.model_store import write_local_model
 from consumer.settings import Settings
-from consumer.synth import multi_instrument_mix
-from consumer.watch import results_subscription, wait_for_result
-from infra.emulators import FakeGcsServer, PubSubEmulator
+from devkit.emulators import FakeGcsServer, PubSubEmulator
+from devkit.models import write_local_model
+from devkit.synth import multi_instrument_mix
 from infra.provision import apply
 from stem_contracts import JobPublisher, StemsProcessed
+from stemctl.results import results_subscription, wait_for_result
 
 __all__ = ["DEMO_FALLBACK_MODEL", "choose_model", "run_demo"]
 

