@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 # The worker fixtures (tiny local model, in-process worker, clips, staging, results) for
-# every test directory that needs them — registered only where the fleet is installed:
-# ``tests/contracts`` also runs in a virtualenv that has only ``stem-contracts``.
-if importlib.util.find_spec("consumer") is not None:
+# every test directory that needs them — registered only where the fleet's dependencies are
+# installed: ``tests/contracts`` also runs in a virtualenv that has only ``stem-contracts``
+# (the fleet's source folders are on the path there too, demucs is not).
+if importlib.util.find_spec("demucs") is not None:
     pytest_plugins = ["tests.support.worker_fixtures"]
 
 if TYPE_CHECKING:
