@@ -2,28 +2,23 @@
 
 ``EventPublisher`` is the protocol the handler talks to; ``PubSubEventPublisher`` is the
 adapter. Every publish waits for the server's confirmation — the handler acks a job only
-after its outcome is durably published.
+after its outcome is durably published. Transient errors are retried inside the Pub/Sub
+client (its own ``retry=``, up to ``timeout_s``) and a publish is never sent twice from
+here: an unconfirmed one is ``PublishFailed``, the job is nacked, and the redelivery
+reports again (a duplicate event at worst, which readers drop by ``jobId``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from google.cloud import pubsub_v1
-from tenacity import (
-    RetryError,
-    Retrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
 
 from consumer.errors import PublishFailed
 from stem_contracts import StemsFailed, StemsProcessed, StemsProcessing, StemsProgress, encode
-from stem_contracts.publisher import TRANSIENT_ERRORS
+from stem_contracts.retry import api_retry
 from stem_contracts.tracing import inject_trace_attributes
 
 __all__ = ["EventPublisher", "PubSubEventPublisher", "ResultEvent"]
@@ -31,6 +26,8 @@ __all__ = ["EventPublisher", "PubSubEventPublisher", "ResultEvent"]
 _log = logging.getLogger(__name__)
 
 ResultEvent = StemsProcessing | StemsProcessed | StemsFailed
+# How much longer than the client's own retry deadline a confirmation is awaited.
+_CONFIRM_SLACK_S: Final = 5.0
 
 
 class EventPublisher(Protocol):
@@ -60,31 +57,20 @@ class PubSubEventPublisher:
         results_topic: str,
         dlq_topic: str,
         timeout_s: float = 60.0,
-        attempts: int = 4,
     ) -> None:
         self._client = client
         self._results = client.topic_path(project, results_topic)
         self._dlq = client.topic_path(project, dlq_topic)
         self._timeout = timeout_s
-        self._attempts = attempts
 
     def _publish(self, topic: str, data: bytes, attributes: Mapping[str, str]) -> str:
-        retrying = Retrying(
-            retry=retry_if_exception_type(TRANSIENT_ERRORS),
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential(multiplier=0.2, max=5.0),
-            before_sleep=before_sleep_log(_log, logging.WARNING),
-        )
         try:
-            message_id: str = retrying(
-                lambda: self._client.publish(topic, data, **attributes).result(self._timeout)
-            )
-        except RetryError as exc:
+            future = self._client.publish(topic, data, retry=api_retry(self._timeout), **attributes)
+            message_id: str = future.result(self._timeout + _CONFIRM_SLACK_S)
+        except Exception as exc:  # whatever it was, the publish is not confirmed
             raise PublishFailed(
-                f"publish to {topic} not confirmed: {exc.last_attempt.exception()}"
+                f"publish to {topic} not confirmed: {type(exc).__name__}: {exc}"
             ) from exc
-        except Exception as exc:  # any other failure means the same: not confirmed
-            raise PublishFailed(f"publish to {topic} failed: {exc}") from exc
         return message_id
 
     def publish_result(self, event: ResultEvent) -> None:

@@ -17,19 +17,11 @@ from typing import Protocol, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import storage
-from tenacity import (
-    RetryError,
-    Retrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import RetryError
 
 from consumer.errors import AudioTooLarge, ChecksumMismatch, SourceMissing, StorageUnavailable
 from stem_contracts import crc32c_b64, split_gcs_uri
-from stem_contracts.publisher import TRANSIENT_ERRORS
+from stem_contracts.retry import retrying
 
 __all__ = ["BlobInfo", "BlobStore", "GcsBlobStore", "join_uri"]
 
@@ -118,14 +110,9 @@ class GcsBlobStore:
         return self._client.bucket(bucket).blob(name)
 
     def _retry(self, what: str, uri: str, call: Callable[[], _T]) -> _T:
-        retrying = Retrying(
-            retry=retry_if_exception_type((*TRANSIENT_ERRORS, DataCorruption)),
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 0.3),
-            before_sleep=before_sleep_log(_log, logging.WARNING),
-        )
+        policy = retrying(attempts=self._attempts, also=(DataCorruption,), logger=_log)
         try:
-            return retrying(call)
+            return policy(call)
         except RetryError as exc:
             last = exc.last_attempt.exception()
             if isinstance(last, DataCorruption):

@@ -12,23 +12,15 @@ from types import TracebackType
 from typing import Final, Literal
 
 import google_crc32c
-import requests
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1, storage
 from google.cloud.pubsub_v1.types import BatchSettings
 from opentelemetry import trace
-from tenacity import (
-    Retrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
 
 from stem_contracts import topics
 from stem_contracts.codec import encode
 from stem_contracts.models import CONTENT_TYPES, DEFAULT_MODEL, Job
+from stem_contracts.retry import TRANSIENT_ERRORS, api_retry, retrying
 from stem_contracts.tracing import inject_trace_attributes
 
 __all__ = ["TRANSIENT_ERRORS", "JobPublisher", "StagingError", "SubmittedJob", "crc32c_b64"]
@@ -36,24 +28,8 @@ __all__ = ["TRANSIENT_ERRORS", "JobPublisher", "StagingError", "SubmittedJob", "
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("stem_contracts")
 
-TRANSIENT_ERRORS: Final[tuple[type[BaseException], ...]] = (
-    gexc.ServiceUnavailable,
-    gexc.DeadlineExceeded,
-    gexc.InternalServerError,
-    gexc.BadGateway,
-    gexc.GatewayTimeout,
-    gexc.TooManyRequests,
-    gexc.Aborted,
-    ConnectionError,
-    TimeoutError,
-    # requests' errors are not the builtin ones; storage raises them on resets.
-    requests.ConnectionError,
-    requests.Timeout,
-    # A connection cut off in the middle of a response body (what the storage library's
-    # own retry policy also retries).
-    requests.exceptions.ChunkedEncodingError,
-)
-"""Errors worth retrying in place: the service or the network hiccupped."""
+# How much longer than the client's own retry deadline a publish's confirmation is awaited.
+_CONFIRM_SLACK_S: Final = 5.0
 
 
 class StagingError(RuntimeError):
@@ -89,8 +65,12 @@ class JobPublisher:
             submitted = jobs.submit_file(Path("song.flac"), track_id="trk-42")
             print(submitted.job.job_id, submitted.message_id)
 
-    Transient errors (unavailable, deadline, connection resets) are retried ``attempts``
-    times with exponential backoff and jitter; anything else raises at once.
+    A publish is retried inside the Pub/Sub client (``stem_contracts.retry.api_retry``) for
+    up to ``publish_timeout_s``, and never resent by this class: a confirmation that does
+    not come raises, and the job may or may not have been published (submit it again with
+    the same ``job_id``: the fleet answers a finished job from its manifest). Staging
+    uploads retry transient errors ``attempts`` times with exponential backoff and jitter;
+    anything else raises at once.
     ``batch_settings`` trades latency for throughput when submitting many jobs from
     several threads.
     """
@@ -117,19 +97,13 @@ class JobPublisher:
         self._attempts = attempts
         self.topic_path: str = self._publisher.topic_path(project, topic)
 
-    def _retrying(self) -> Retrying:
-        return Retrying(
-            retry=retry_if_exception_type(TRANSIENT_ERRORS),
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential(multiplier=0.2, max=10.0) + wait_random(0, 0.5),
-            before_sleep=before_sleep_log(_log, logging.WARNING),
-            reraise=True,
-        )
-
     def publish(self, job: Job) -> str:
         """Publish ``job`` and wait for the server's confirmation; returns the message id.
 
-        A ``traceparent`` attribute is added when an OpenTelemetry span is active.
+        A ``traceparent`` attribute is added when an OpenTelemetry span is active. The
+        client retries transient errors itself until ``publish_timeout_s``; this method
+        publishes once and raises what the client reports (``TimeoutError`` when no
+        confirmation came in time).
         """
         with _tracer.start_as_current_span(
             f"{topics.JOBS_TOPIC} publish",
@@ -138,10 +112,10 @@ class JobPublisher:
         ):
             data, attributes = encode(job)
             inject_trace_attributes(attributes)
-            for attempt in self._retrying():
-                with attempt:
-                    future = self._publisher.publish(self.topic_path, data, **attributes)
-                    message_id: str = future.result(timeout=self._timeout)
+            future = self._publisher.publish(
+                self.topic_path, data, retry=api_retry(self._timeout), **attributes
+            )
+            message_id: str = future.result(timeout=self._timeout + _CONFIRM_SLACK_S)
         _log.info("job published", extra={"jobId": job.job_id, "messageId": message_id})
         return message_id
 
@@ -161,7 +135,9 @@ class JobPublisher:
         client = self._storage or storage.Client(project=self._project)
         blob = client.bucket(self._staging_bucket).blob(f"uploads/{track_id}/{job_id}/source.{fmt}")
         expected = crc32c_b64(path)
-        for attempt in self._retrying():
+        for attempt in retrying(
+            attempts=self._attempts, max_wait_s=10.0, reraise=True, logger=_log
+        ):
             with attempt:
                 try:
                     blob.upload_from_filename(

@@ -49,7 +49,8 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 from google.api_core import exceptions as gexc
-from google.api_core import retry as gretry
+
+from stem_contracts.retry import api_retry
 
 __all__ = [
     "PUBSUB_DEAD_LETTER_PREFIX",
@@ -380,15 +381,6 @@ _RPC_TIMEOUT_S: Final = 30.0
 _ACK_IDS_PER_CALL: Final = 1000  # well under the request-size limit
 
 
-def _retry(timeout_s: float) -> gretry.Retry:
-    return gretry.Retry(
-        predicate=gretry.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded),
-        initial=0.2,
-        maximum=2.0,
-        timeout=timeout_s,
-    )
-
-
 class DlqSubscription:
     """The DLQ subscription through synchronous pull (see "Holding, not peeking" above).
 
@@ -430,7 +422,7 @@ class DlqSubscription:
         path = client.subscription_path(project, subscription)
         try:
             sub = client.get_subscription(
-                request={"subscription": path}, timeout=5.0, retry=_retry(3.0)
+                request={"subscription": path}, timeout=5.0, retry=api_retry(3.0)
             )
         except gexc.NotFound:
             raise DlqError(
@@ -492,7 +484,7 @@ class DlqSubscription:
                     "return_immediately": True,
                 },
                 timeout=_RPC_TIMEOUT_S,
-                retry=_retry(_RPC_TIMEOUT_S),
+                retry=api_retry(_RPC_TIMEOUT_S),
             )
             new: list[DeadLetter] = []
             with self._lock:
@@ -525,7 +517,7 @@ class DlqSubscription:
                 self._client.acknowledge(
                     request={"subscription": self.path, "ack_ids": list(chunk)},
                     timeout=_RPC_TIMEOUT_S,
-                    retry=_retry(_RPC_TIMEOUT_S),
+                    retry=api_retry(_RPC_TIMEOUT_S),
                 )
 
     def release(self, letters: Iterable[DeadLetter]) -> None:
@@ -552,7 +544,7 @@ class DlqSubscription:
                     "ack_deadline_seconds": deadline_s,
                 },
                 timeout=_RPC_TIMEOUT_S,
-                retry=_retry(_RPC_TIMEOUT_S),
+                retry=api_retry(_RPC_TIMEOUT_S),
             )
 
     def _extend_leases(self) -> None:
@@ -570,7 +562,7 @@ def check_topic(publisher: Any, project: str, topic: str, *, endpoint: str) -> s
     """The topic's path, once it is known to exist (replaying into nothing would fail)."""
     path: str = publisher.topic_path(project, topic)
     try:
-        publisher.get_topic(request={"topic": path}, timeout=5.0, retry=_retry(3.0))
+        publisher.get_topic(request={"topic": path}, timeout=5.0, retry=api_retry(3.0))
     except gexc.NotFound:
         raise DlqError(
             f"topic {topic} does not exist in project {project} — run `stemctl infra apply` first"
@@ -624,7 +616,12 @@ def republish(
         for letter in window:
             pacer.wait()
             try:
-                future = publisher.publish(topic_path, letter.data, **replay_attributes(letter))
+                future = publisher.publish(
+                    topic_path,
+                    letter.data,
+                    retry=api_retry(timeout_s),  # the client retries; never a second publish
+                    **replay_attributes(letter),
+                )
             except Exception as exc:  # refused before sending (e.g. an attribute too large)
                 failed.append(Replayed(letter, error=f"{type(exc).__name__}: {exc}"))
             else:
