@@ -37,7 +37,7 @@ from consumer import gcp
 from consumer.app import build_worker
 from consumer.errors import AudioTooLarge, SourceMissing
 from consumer.events import ResultEvent
-from consumer.handler import Delivery, HandlerConfig, JobHandler, Outcome
+from consumer.handler import Delivery, JobHandler, Outcome
 from consumer.separation import DemucsSeparator, Separator
 from consumer.settings import Settings
 from consumer.storage import BlobInfo
@@ -210,7 +210,7 @@ class InProcessPipeline:
         self._output_bucket = settings.output_bucket
         self._mp3_bitrate = mp3_bitrate
         self.handler = JobHandler(
-            HandlerConfig.from_settings(settings),
+            settings,
             store=self._store,
             events=self._events,
             separator=cast(Separator, self._separator),

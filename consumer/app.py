@@ -8,7 +8,7 @@ from types import FrameType
 
 from consumer import gcp
 from consumer.events import PubSubEventPublisher
-from consumer.handler import HandlerConfig, JobHandler
+from consumer.handler import JobHandler
 from consumer.runner import Worker
 from consumer.separation import DemucsSeparator, Separator
 from consumer.settings import Settings
@@ -78,7 +78,7 @@ def build_worker(
         dlq_topic=settings.dlq_topic,
     )
     handler = JobHandler(
-        HandlerConfig.from_settings(settings),
+        settings,
         store=GcsBlobStore(gcp.storage_client(settings)),
         events=events,
         separator=separator,

@@ -17,7 +17,8 @@
     │   ├── ChecksumMismatch        checksum_mismatch   downloaded bytes differ from crc32c
     │   ├── JobTimeout              job_timeout         over STEM_JOB_TIMEOUT_S
     │   ├── DeviceOutOfMemory       device_oom          GPU out of memory
-    │   └── PublishFailed           publish_failed      a result event was not confirmed
+    │   ├── PublishFailed           publish_failed      a result event was not confirmed
+    │   └── WorkerShutdown          worker_shutdown     SIGTERM's grace ran out mid-job
     └── FatalWorkerError        the worker itself is broken → nack and exit non-zero
         └── ModelLoadError          model_load_failed
 
@@ -48,6 +49,7 @@ __all__ = [
     "StorageUnavailable",
     "TransientError",
     "UnsupportedAudio",
+    "WorkerShutdown",
 ]
 
 
@@ -120,6 +122,12 @@ class DeviceOutOfMemory(TransientError):
 
 class PublishFailed(TransientError):
     code = "publish_failed"
+
+
+class WorkerShutdown(TransientError):
+    """The worker is shutting down and the grace period ran out before the job finished."""
+
+    code = "worker_shutdown"
 
 
 class FatalWorkerError(StemError):

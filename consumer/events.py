@@ -10,24 +10,90 @@ reports again (a duplicate event at worst, which readers drop by ``jobId``).
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
-from typing import Any, Final, Protocol
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol, Self, TypedDict
 
 from google.cloud import pubsub_v1
 
 from consumer.errors import PublishFailed
-from stem_contracts import StemsFailed, StemsProcessed, StemsProcessing, StemsProgress, encode
+from stem_contracts import (
+    ID_PATTERN,
+    Job,
+    StemsFailed,
+    StemsProcessed,
+    StemsProcessing,
+    StemsProgress,
+    encode,
+)
 from stem_contracts.retry import api_retry
 from stem_contracts.tracing import inject_trace_attributes
 
-__all__ = ["EventPublisher", "PubSubEventPublisher", "ResultEvent"]
+__all__ = ["EventHeader", "EventPublisher", "JobIds", "PubSubEventPublisher", "ResultEvent"]
 
 _log = logging.getLogger(__name__)
 
 ResultEvent = StemsProcessing | StemsProcessed | StemsFailed
 # How much longer than the client's own retry deadline a confirmation is awaited.
 _CONFIRM_SLACK_S: Final = 5.0
+_ID: Final = re.compile(ID_PATTERN)
+
+
+class EventHeader(TypedDict):
+    """The fields every event about a job starts with, built once (:meth:`JobIds.header`)
+    and spread into each event's model."""
+
+    job_id: str
+    track_id: str
+    correlation_id: str | None
+    attempt: int
+
+
+@dataclass(frozen=True)
+class JobIds:
+    """Who an event is about — known even for an invalid job when its ids are readable."""
+
+    job_id: str
+    track_id: str
+    correlation_id: str | None
+
+    @classmethod
+    def of(cls, job: Job) -> Self:
+        return cls(job.job_id, job.track_id, job.correlation_id)
+
+    @classmethod
+    def from_body(cls, data: bytes) -> Self | None:
+        """The ids of a job that failed validation, so the catalog can still move its track
+        out of "queued"; ``None`` when the body has no valid ``jobId`` and ``trackId``."""
+        try:
+            body = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(body, dict):
+            return None
+        job_id, track_id = body.get("jobId"), body.get("trackId")
+        correlation = body.get("correlationId")
+        if not all(isinstance(v, str) and _ID.match(v) for v in (job_id, track_id)):
+            return None
+        return cls(
+            str(job_id),
+            str(track_id),
+            correlation if isinstance(correlation, str) and len(correlation) <= 256 else None,
+        )
+
+    def header(self, attempt: int) -> EventHeader:
+        """The event header of delivery ``attempt``."""
+        return EventHeader(
+            job_id=self.job_id,
+            track_id=self.track_id,
+            correlation_id=self.correlation_id,
+            attempt=attempt,
+        )
 
 
 class EventPublisher(Protocol):
@@ -96,3 +162,29 @@ class PubSubEventPublisher:
     def close(self) -> None:
         """Flush anything batched and stop the client's threads."""
         self._client.stop()
+
+
+def progress_reporter(
+    events: EventPublisher, header: EventHeader, interval_s: float
+) -> Callable[[float], None] | None:
+    """A callback publishing ``stems.progress`` at most once every ``interval_s``
+    (``None`` when progress is off: ``interval_s`` 0)."""
+    if interval_s <= 0:
+        return None
+    last = time.monotonic()
+
+    def report(fraction: float) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < interval_s:
+            return
+        last = now
+        events.publish_progress(
+            StemsProgress(
+                **header,
+                percent=round(min(max(fraction, 0.0), 1.0) * 100, 1),
+                reported_at=datetime.now(UTC),
+            )
+        )
+
+    return report

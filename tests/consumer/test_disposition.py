@@ -14,8 +14,7 @@ import pytest
 
 from consumer import errors
 from consumer.disposition import Action, decide
-from consumer.errors import StemError
-from consumer.handler import WorkerShutdown
+from consumer.errors import StemError, WorkerShutdown
 
 D, R = Action.DEAD_LETTER, Action.RETRY
 

@@ -19,7 +19,8 @@ import pytest
 import soundfile as sf
 
 from consumer.errors import ModelLoadError, StorageUnavailable
-from consumer.handler import Delivery, HandlerConfig, JobHandler, Outcome
+from consumer.handler import Delivery, JobHandler, Outcome
+from consumer.settings import Settings
 from devkit.synth import multi_instrument_mix
 from stem_contracts import (
     HTDEMUCS_6S_STEMS,
@@ -92,7 +93,7 @@ MakeRig = Callable[..., Rig]
 
 @pytest.fixture
 def make_rig(tmp_path: Path, wav_bytes: bytes) -> MakeRig:
-    """Build a rig; keyword arguments override ``HandlerConfig`` fields."""
+    """Build a rig; keyword arguments override ``Settings`` fields."""
 
     def make(separator: CountingSeparator | None = None, **config: Any) -> Rig:
         workdir = tmp_path / "work"
@@ -104,10 +105,11 @@ def make_rig(tmp_path: Path, wav_bytes: bytes) -> MakeRig:
         events = RecordingEventPublisher()
         separator = separator or CountingSeparator()
         handler = JobHandler(
-            HandlerConfig(output_bucket=OUTPUT_BUCKET, workdir=workdir, **config),
+            Settings(output_bucket=OUTPUT_BUCKET, **config),
             store=store,
             events=events,
             separator=separator,
+            workdir=workdir,
         )
         return Rig(handler, store, events, separator, workdir)
 

@@ -24,7 +24,7 @@ import pytest
 
 from consumer import gcp
 from consumer.errors import AudioTooLarge
-from consumer.handler import Delivery, HandlerConfig, JobHandler, Outcome
+from consumer.handler import Delivery, JobHandler, Outcome
 from consumer.logs import JsonFormatter
 from consumer.runner import Worker
 from consumer.settings import Settings
@@ -170,14 +170,14 @@ def test_a_uri_that_would_leave_its_bucket_or_prefix_is_refused_before_any_stora
     store = InMemoryBlobStore()
     events = RecordingEventPublisher()
     handler = JobHandler(
-        HandlerConfig(
+        Settings(
             output_bucket="stem-output",
             allowed_buckets=frozenset({"stem-staging", "stem-output"}),
-            workdir=tmp_path,
         ),
         store=store,
         events=events,
         separator=CountingSeparator(),
+        workdir=tmp_path,
     )
     body = {"jobId": "j", "trackId": "t", "sourceUri": "gs://stem-staging/in/a.wav", field: uri}
 
