@@ -25,17 +25,8 @@ from google.api_core import exceptions as gexc
 
 from consumer import gcp
 from consumer.settings import Settings
-from stemctl.dlq.core import (
-    DeadLetter,
-    DlqSubscription,
-    Filters,
-    Replayed,
-    Selection,
-    check_topic,
-    format_age,
-    parse_duration,
-    republish,
-)
+from stemctl.dlq.letters import DeadLetter, Filters, Selection, format_age, parse_duration
+from stemctl.dlq.subscription import DlqSubscription, Replayed, check_topic, republish
 from stemctl.support import CommandFailed, load_settings, operator_errors
 
 __all__ = ["dlq_app"]

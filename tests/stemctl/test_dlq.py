@@ -30,7 +30,7 @@ from devkit.emulators import free_port
 from stem_contracts import Job, StemsFailed, StemsProcessed, encode
 from stemctl.cli import app
 from stemctl.dlq import commands as cli_dlq
-from stemctl.dlq.core import check_topic
+from stemctl.dlq.subscription import check_topic
 from tests.support.helpers import pull
 from tests.support.worker_fixtures import MODEL, Results
 
@@ -508,6 +508,39 @@ def test_sigkill_mid_replay_loses_no_message(
     assert 10 <= acked_before_kill < 50
     assert len(replayed) >= acked_before_kill
     assert in_dlq, "the kill came too late to test anything"
+
+
+def test_sigterm_mid_replay_releases_every_held_message_at_once_and_loses_none(
+    provisioned: Settings, dlq: Dlq, child: Callable[..., Child]
+) -> None:
+    # Given 40 dead letters, and the provisioned DLQ ack deadline (60 s): a message that
+    # is back within a few seconds was released, not left to lapse
+    jobs = {f"job-{i:02d}" for i in range(40)}
+    for job_id in sorted(jobs):
+        dlq.put(job_id)
+
+    # When `stemctl dlq replay` (10 per second) gets SIGTERM after its first window
+    env = {**os.environ, "GOOGLE_CLOUD_PROJECT": str(provisioned.project)}
+    replay = child(env, "dlq", "replay", "--rate", "10")
+    deadline = time.monotonic() + 30
+    while not any(line.startswith("replayed ") for line in replay.lines):
+        assert replay.process.poll() is None, replay.lines
+        assert time.monotonic() < deadline, replay.lines
+        time.sleep(0.02)
+    replay.process.send_signal(signal.SIGTERM)
+    assert replay.process.wait(15) == 130, replay.lines
+    stopped = time.monotonic()
+    assert any("interrupted: replayed" in line for line in replay.lines), replay.lines
+
+    # Then every job is on stem-separate or back in the DLQ, well before the ack deadline
+    replayed: set[str] = set()
+    in_dlq: set[str] = set()
+    while replayed | in_dlq != jobs:
+        assert time.monotonic() - stopped < 15, sorted(jobs - replayed - in_dlq)
+        replayed |= {m.attributes["jobId"] for m in dlq.take_jobs(timeout_s=0.3)}
+        in_dlq |= {m.attributes["jobId"] for m in dlq.take_dlq(timeout_s=0.3).values()}
+    assert replayed, "the signal came too early to test anything"
+    assert in_dlq, "the signal came too late to test anything"
 
 
 # --- setup problems: one line, exit 1 ---------------------------------------------------------

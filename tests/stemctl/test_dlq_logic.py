@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from stemctl.dlq.core import (
+from stemctl.dlq.letters import (
     DeadLetter,
     Filters,
     Pacer,
