@@ -177,12 +177,15 @@ def spawn_worker(stemctl: Callable[..., Stemctl]) -> Callable[[Settings], Stemct
 
 @pytest.fixture
 def relay(worker_settings: Settings) -> Iterator[PubSubRelay]:
-    """A relay in front of the session's emulator (see the module docstring)."""
+    """A relay in front of the session's emulator (see the module docstring). It never
+    deals a message out again itself: afterwards, it must have found none stranded, so
+    every redelivery a test saw was the emulator's, at the end of the worker's own lease."""
     assert worker_settings.pubsub_emulator_host is not None
     with PubSubRelay(
         worker_settings.pubsub_emulator_host, lease_s=worker_settings.ack_deadline_s
     ) as relay:
         yield relay
+    assert (relay.redealt, relay.stranded) == (0, 0), "the emulator stranded a message"
 
 
 @pytest.fixture

@@ -27,11 +27,18 @@ whose client is gone. The relay does both, and nothing else:
   room; it is dealt out never beyond the ``max_outstanding_messages`` of that stream's
   first request;
 - a worker's stream that ends takes nothing with it: the messages it held are no longer
-  extended by anyone, so the emulator redelivers them after the ack deadline — exactly
-  what happens to the messages of a killed worker;
+  extended by anyone, so the emulator redelivers them once the last lease the worker was
+  granted is over — exactly what happens to the messages of a killed worker (a worker
+  that extended its lease by ten minutes hides its message for ten minutes);
 - every other call (acks, nacks, lease extensions, publishes, admin) is forwarded byte
   for byte. Delivery attempts, the dead-letter policy and the retry policy remain the
   emulator's own.
+
+The one thing the relay may do that Pub/Sub would not, and only when a test asks for it
+(``rescue_stranded=True``, the chaos run): deal out again a message the emulator stranded —
+never redelivered after its lease ended (see :meth:`PubSubRelay._expire`). It is counted
+(``redealt``), and a test that did not ask for it sees ``stranded`` instead: the worker-process
+tests assert both are 0, so the emulator, not the relay, brought their messages back.
 
 ``stats()`` says what the relay holds at a moment (for the chaos run's progress lines).
 """
@@ -95,7 +102,9 @@ class _Worker:
 class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no stubs here
     """``with PubSubRelay(emulator_host) as relay:`` — point the workers at ``relay.host``."""
 
-    def __init__(self, upstream_host: str, *, lease_s: int = 10) -> None:
+    def __init__(
+        self, upstream_host: str, *, lease_s: int = 10, rescue_stranded: bool = False
+    ) -> None:
         self._channel = grpc.insecure_channel(upstream_host, options=_OPTIONS)
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=64, thread_name_prefix="relay"),
@@ -105,6 +114,7 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
         port = self._server.add_insecure_port("127.0.0.1:0")
         self.host = f"127.0.0.1:{port}"
         self._lease_s = lease_s
+        self._rescue = rescue_stranded
         self._lock = threading.Lock()
         self._pool: OrderedDict[str, ReceivedMessage] = OrderedDict()  # message id → message
         self._workers: list[_Worker] = []
@@ -118,6 +128,9 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
         """Messages workers held when their stream ended (redelivered after the deadline)."""
         self.redealt = 0
         """Of those, messages the emulator never redelivered: the relay did (see _expire)."""
+        self.stranded = 0
+        """Messages the emulator never redelivered, left stranded (``rescue_stranded`` off)."""
+        self._lease_until: dict[str, float] = {}  # ack id → end of the last lease granted
         self._acked: set[str] = set()  # message ids acked through the relay
         self._last_received: dict[str, ReceivedMessage] = {}  # message id → last pulled copy
         self._started = time.monotonic()
@@ -153,6 +166,9 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
         elif method == _MODIFY_ACK_DEADLINE:
             modack = ModifyAckDeadlineRequest.deserialize(request)
             self._note(modack.ack_ids, f"modack {modack.ack_deadline_seconds}s")
+            with self._lock:
+                until = time.monotonic() + modack.ack_deadline_seconds
+                self._lease_until.update(dict.fromkeys(modack.ack_ids, until))
             if modack.ack_deadline_seconds == 0:  # a nack
                 self._settled(modack.ack_ids)
         return response
@@ -282,25 +298,28 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
                     self._message_of[message.ack_id] = message.message.message_id
                     self._pulled_at[message.message.message_id] = time.monotonic()
                     self._last_received[message.message.message_id] = message
+                    self._lease_until[message.ack_id] = time.monotonic() + self._lease_s
                     self._trace(
                         message.message.message_id, f"pulled, attempt {message.delivery_attempt}"
                     )
                 self._deal()
 
     def _expire(self, ack_ids: list[str], ended: float) -> None:
-        """Redeliver what an ended stream held once its lease is over, if the emulator won't.
+        """Watch what an ended stream held until the emulator redelivers it (or it is acked).
 
-        Pub/Sub redelivers such messages when the deadline lapses, and so does the
-        emulator — at the back of its queue, so while a backlog remains they may wait for
-        all of it. But near the end of long runs it sometimes never does: with the backlog
-        empty, jobs held by a killed worker stayed unacked (the relay sees every ack) and
-        out of reach for minutes, a nack did not bring them back, and no pull, unary or
-        streaming, got them. So once a pull has found nothing to deliver after the lease
-        was over, a message that has neither come back nor been acked is dealt out again
-        by the relay itself, with the ack id it had (the emulator takes that id's ack and
-        lease extensions as the message's) and its delivery attempt + 1.
+        Pub/Sub redelivers such a message once its lease is over — the last deadline its
+        worker set, which the relay sees in the forwarded ``ModifyAckDeadline`` calls — and
+        so does the emulator, at the back of its queue (so while a backlog remains it may
+        wait for all of it). But near the end of long runs it sometimes never does: with the
+        backlog empty, jobs held by a killed worker stayed unacked (the relay sees every ack)
+        and out of reach for minutes, a nack did not bring them back, and no pull, unary or
+        streaming, got them. Once a pull has found nothing to deliver after a message's lease
+        was over, and it has neither come back nor been acked, it is *stranded*: counted in
+        ``stranded`` — or, with ``rescue_stranded``, dealt out again by the relay itself,
+        with the ack id it had (the emulator takes that id's ack and lease extensions as the
+        message's) and its delivery attempt + 1, and counted in ``redealt``.
         """
-        over = ended + self._lease_s + 1
+        now = time.monotonic()
         with self._lock:
             late = [
                 ack_id
@@ -308,8 +327,9 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
                 if (mid := self._message_of.get(ack_id, "")) not in self._acked
                 and self._pulled_at.get(mid, 0) < ended
             ]
-            stranded = self._found_nothing_at > over
-            if late and stranded and not self._closing.is_set():
+            lease_over = max((self._lease_until.get(a, 0) for a in late), default=0) + 1
+            stranded = lease_over < now and self._found_nothing_at > lease_over
+            if late and stranded and self._rescue and not self._closing.is_set():
                 for ack_id in late:
                     message = ReceivedMessage(self._last_received[self._message_of[ack_id]])
                     message.delivery_attempt += 1
@@ -318,12 +338,18 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
                     self._last_received[message.message.message_id] = message
                 self.redealt += len(late)
                 self._deal()
+            elif late and stranded:
+                self.stranded += len(late)
         if not late or self._closing.is_set():
             return
         if stranded:
-            self._note(late, "lease over, stranded by the emulator: dealt again by the relay")
+            self._note(
+                late,
+                "lease over, stranded by the emulator: "
+                + ("dealt again by the relay" if self._rescue else "left stranded"),
+            )
             return
-        timer = threading.Timer(2.0, self._expire, args=(late, ended))
+        timer = threading.Timer(max(2.0, lease_over - now), self._expire, args=(late, ended))
         timer.daemon = True
         timer.start()
 
