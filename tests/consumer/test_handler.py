@@ -294,6 +294,40 @@ def test_a_manifest_of_another_job_under_the_same_id_is_not_reused(
     assert {s.format for s in processed.stems} == {make_job(**change).format}
 
 
+def test_a_shared_output_uri_does_not_hand_one_job_another_jobs_result(rig: Rig) -> None:
+    # Given a finished job whose outputUri a second job (same source, format, stems) shares
+    shared = "gs://stem-output/shared/prefix"
+    rig.handle(make_job(job_id="job-a", output_uri=shared))
+
+    # When the second job arrives
+    assert rig.handle(make_job(job_id="job-b", output_uri=shared)) is Outcome.ACK
+
+    # Then it is separated and answered as itself, not with job-a's event
+    assert rig.separator.calls == 2
+    assert rig.processed().job_id == "job-b"
+
+
+def test_a_manifest_from_another_model_version_is_recomputed_not_served(rig: Rig) -> None:
+    # Given a job finished by a worker on one model version
+    rig.handle(make_job())
+    assert rig.processed().model_version == "demucs-htdemucs-6s"
+
+    # When it is redelivered to a worker running an upgraded model of the same name
+    upgraded = CountingSeparator(model="htdemucs_6s_v2")
+    handler = JobHandler(
+        Settings(output_bucket=OUTPUT_BUCKET),
+        store=rig.store,
+        events=rig.events,
+        separator=upgraded,
+        workdir=rig.workdir,
+    )
+    assert handler.handle(delivery(make_job(), attempt=2)) is Outcome.ACK
+
+    # Then the stems are separated again by the new model, not served stale
+    assert upgraded.calls == 1
+    assert rig.processed().model_version == "demucs-htdemucs-6s-v2"
+
+
 def test_unreadable_manifest_is_ignored_and_the_job_recomputed(rig: Rig) -> None:
     rig.store.put(f"{DEFAULT_PREFIX}/manifest.json", b"{half a manif")
 
