@@ -1,7 +1,7 @@
 """MP3 duration without decoding: ``consumer.audio``'s frame walker against PyAV (ffmpeg).
 
 A measurement, not a test: ``.venv/bin/python -m bench.mp3_probe [--reps N] [--long-seconds S]``
-(needs ``pip install av``). It writes a corpus of mp3 files (and some hostile files named
+(PyAV comes with the dev extra). It writes a corpus of mp3 files (and some hostile files named
 ``.mp3``) into a temporary folder and, for each file, prints:
 
 * the truth: the duration obtained by decoding every frame, twice: with
@@ -12,6 +12,9 @@ A measurement, not a test: ``.venv/bin/python -m bench.mp3_probe [--reps N] [--l
 * PyAV without decoding: ``container.duration`` and ``stream.duration * time_base`` after
   ``av.open`` (which runs ffmpeg's format probe and ``avformat_find_stream_info``), and the
   sum of ``packet.duration`` over ``container.demux(stream)``.
+
+A second table shows what ``decode()`` would get from libsndfile without the walker's byte
+range: the file opened by its path, and the whole file fed through a pipe.
 
 Each timed method runs ``--reps`` times; the table shows the median wall time in ms. A cell
 is marked ``ok`` when it is within ``--tolerance`` seconds of the truth, ``BAD`` when not,
@@ -24,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import statistics
 import struct
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -139,7 +144,7 @@ def build_corpus(folder: Path, long_seconds: float) -> list[Sample]:
     s1, s2, s3, s20 = _RATE, 2 * _RATE, 3 * _RATE, 20 * _RATE
     cbr128 = _mp3(mix[:, :s20], _RATE, 128)
     cbr320 = _mp3(mix[:, :s20], _RATE, 320)
-    tiles = max(1, round(long_seconds * _RATE / mix.shape[1]))
+    tiles = max(1, math.ceil(long_seconds / _MIX_SECONDS))
     files: list[tuple[str, bool, str, Callable[[], bytes]]] = [
         ("cbr320", False, "20 s stereo 44.1 kHz CBR 320k", lambda: cbr320),
         ("cbr128", False, "20 s stereo 44.1 kHz CBR 128k", lambda: cbr128),
@@ -290,6 +295,39 @@ def sf_info_seconds(path: Path) -> float:
     return float(info.frames / info.samplerate)
 
 
+def _sf_read_all(source: str | int) -> float:
+    with sf.SoundFile(source, closefd=False) as reader:
+        frames = 0
+        while got := len(reader.read(1 << 16, dtype="float32")):
+            frames += got
+        return float(frames / reader.samplerate)
+
+
+def sf_path_decode_seconds(path: Path) -> float:
+    """libsndfile decoding the file by its path: what decode() would do with no pipe."""
+    return _sf_read_all(str(path))
+
+
+def sf_pipe_decode_seconds(path: Path) -> float:
+    """libsndfile decoding the whole file through a pipe: the pipe without the walker's range."""
+    read_fd, write_fd = os.pipe()
+
+    def feed() -> None:
+        try:
+            with open(write_fd, "wb") as sink:
+                sink.write(path.read_bytes())
+        except OSError:
+            pass  # the reader gave up: nothing left to deliver
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        return _sf_read_all(read_fd)
+    finally:
+        os.close(read_fd)
+        feeder.join()
+
+
 def walker_seconds(path: Path) -> float:
     """``consumer.audio.probe``: sf.info for the format, the frame walk for mp3's length."""
     return audio.probe(path).duration_seconds
@@ -370,6 +408,8 @@ class Row:
     size: int
     truth_sf: Timed[float]
     truth_av: Timed[AvDecoded]
+    sf_path: Timed[float]
+    sf_pipe: Timed[float]
     sf_info: Timed[float]
     walker: Timed[float]
     header: Timed[AvHeader]
@@ -412,7 +452,15 @@ def _cell(value: float | None, error: str | None, truth: float | str, tol: float
     return f"{shown} {mark(value, truth, tol)}"
 
 
-METHODS: Final = ("sf.info", "walker", "av container", "av stream", "av demux")
+METHODS: Final = (
+    "sf.info",
+    "walker",
+    "av container",
+    "av stream",
+    "av demux",
+    "sf decode path",
+    "sf decode pipe",
+)
 
 
 def method_values(row: Row) -> dict[str, tuple[float | None, str | None]]:
@@ -423,6 +471,8 @@ def method_values(row: Row) -> dict[str, tuple[float | None, str | None]]:
         "av container": (header.container_s if header else None, row.header.error),
         "av stream": (header.stream_s if header else None, row.header.error),
         "av demux": (row.demux.value.seconds if row.demux.value else None, row.demux.error),
+        "sf decode path": (row.sf_path.value, row.sf_path.error),
+        "sf decode pipe": (row.sf_pipe.value, row.sf_pipe.error),
     }
 
 
@@ -471,6 +521,42 @@ def print_table(rows: Sequence[Row], tol: float) -> None:
         )
 
 
+def print_decode_table(rows: Sequence[Row], tol: float) -> None:
+    print(
+        "\nDecoding every frame (1 run each): consumer.audio.decode (walker's whole frames"
+        " through a pipe), PyAV, and libsndfile without the walker's byte range"
+    )
+    widths = (12, 11, 11, 18, 18)
+    titles = ("file", "consumer s", "PyAV s", "sf by path s", "sf pipe, all s")
+    print(
+        " ".join(
+            f"{t:>{w}}" if i else f"{t:<{w}}"
+            for i, (t, w) in enumerate(zip(titles, widths, strict=True))
+        )
+    )
+    for row in rows:
+        truth = truth_of(row, tol)
+        values = method_values(row)
+        av_truth = row.truth_av.value
+        cells = (
+            row.sample.name,
+            f"{row.truth_sf.value:.3f}"
+            if row.truth_sf.value is not None
+            else _short_error(row.truth_sf.error or ""),
+            f"{av_truth.seconds:.3f}"
+            if av_truth is not None
+            else _short_error(row.truth_av.error or ""),
+            _cell(*values["sf decode path"], truth, tol),
+            _cell(*values["sf decode pipe"], truth, tol),
+        )
+        print(
+            " ".join(
+                f"{c:>{w}}" if i else f"{c:<{w}}"
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+        )
+
+
 def print_notes(rows: Sequence[Row], tol: float) -> None:
     for row in rows:
         print(f"\n{row.sample.name} ({row.size} bytes): {row.sample.what}")
@@ -484,7 +570,9 @@ def print_notes(rows: Sequence[Row], tol: float) -> None:
             print(f"  av decode: {row.truth_av.value.bad_packets} packets rejected by the decoder")
         truth = truth_of(row, tol)
         if truth == "disputed":
-            print("  truth disputed: the two decoders disagree")
+            by_sf = row.truth_sf.value or row.truth_sf.error
+            by_av = row.truth_av.value.seconds if row.truth_av.value else row.truth_av.error
+            print(f"  truth disputed: consumer.audio.decode {by_sf}, PyAV decode {by_av}")
         errors = {
             "truth sf (consumer.audio.decode)": row.truth_sf.error,
             "truth av (PyAV decode)": row.truth_av.error,
@@ -492,6 +580,8 @@ def print_notes(rows: Sequence[Row], tol: float) -> None:
             "walker (consumer.audio.probe)": row.walker.error,
             "av.open": row.header.error,
             "av demux": row.demux.error,
+            "sf decode by path": row.sf_path.error,
+            "sf decode via pipe, whole file": row.sf_pipe.error,
         }
         for what, error in errors.items():
             if error:
@@ -514,7 +604,7 @@ def print_tallies(rows: Sequence[Row], tol: float) -> None:
         )
         good = sum(1 for row in rows if not row.sample.hostile)
         print(
-            f"  {method:<13} ok {len(marks['ok'])}/{len(rows)} (good files {good_ok}/{good});"
+            f"  {method:<14} ok {len(marks['ok'])}/{len(rows)} (good files {good_ok}/{good});"
             f" BAD: {', '.join(marks['BAD']) or '-'}; disputed: {', '.join(marks['?']) or '-'}"
         )
 
@@ -549,6 +639,8 @@ def measure(sample: Sample, reps: int, no_ext_folder: Path) -> Row:
         size=path.stat().st_size,
         truth_sf=_timed(lambda: consumer_decode_seconds(path), 1),
         truth_av=_timed(lambda: pyav_decode(path), 1),
+        sf_path=_timed(lambda: sf_path_decode_seconds(path), 1),
+        sf_pipe=_timed(lambda: sf_pipe_decode_seconds(path), 1),
         sf_info=_timed(lambda: sf_info_seconds(path), reps),
         walker=_timed(lambda: walker_seconds(path), reps),
         header=_timed(lambda: pyav_header(path), reps),
@@ -561,7 +653,7 @@ def measure(sample: Sample, reps: int, no_ext_folder: Path) -> Row:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.mp3_probe", description=__doc__)
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per method")
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per method")
     parser.add_argument("--long-seconds", type=float, default=600.0, help="the long CBR file")
     parser.add_argument("--tolerance", type=float, default=0.06, help="seconds (2 mp3 frames)")
     parser.add_argument("--keep", type=Path, help="write the corpus here and keep it")
@@ -588,6 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         walker_only = _timed(lambda: walker_only_seconds(long_row.sample.path), args.reps)
     print()
     print_table(rows, args.tolerance)
+    print_decode_table(rows, args.tolerance)
     print_tallies(rows, args.tolerance)
     print_long_timings(long_row, walker_only, args.reps)
     print_notes(rows, args.tolerance)

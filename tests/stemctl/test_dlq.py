@@ -32,6 +32,7 @@ from stemctl.cli import app
 from stemctl.dlq import commands as cli_dlq
 from stemctl.dlq.subscription import check_topic
 from tests.support.helpers import pull
+from tests.support.pubsub_relay import ACKNOWLEDGE, PUBLISH, PubSubRelay
 from tests.support.worker_fixtures import MODEL, Results
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -508,6 +509,59 @@ def test_sigkill_mid_replay_loses_no_message(
     assert 10 <= acked_before_kill < 50
     assert len(replayed) >= acked_before_kill
     assert in_dlq, "the kill came too late to test anything"
+
+
+@pytest.mark.parametrize(
+    "stalled",
+    [pytest.param(PUBLISH, id="publish-stalled"), pytest.param(ACKNOWLEDGE, id="ack-stalled")],
+)
+def test_a_replay_killed_between_publish_and_ack_duplicates_at_worst_never_loses(
+    provisioned: Settings, dlq: Dlq, child: Callable[..., Child], stalled: str
+) -> None:
+    # Given 10 dead letters (DLQ ack deadline 10 s), and a network that stalls the replay's
+    # publishes — or its acks of the DLQ copies — on their way to Pub/Sub
+    dlq.subscriber.update_subscription(
+        request={
+            "subscription": {"name": dlq.subscription, "ack_deadline_seconds": 10},
+            "update_mask": {"paths": ["ack_deadline_seconds"]},
+        }
+    )
+    jobs = {f"job-{i:02d}" for i in range(10)}
+    for job_id in sorted(jobs):
+        dlq.put(job_id)
+    assert provisioned.pubsub_emulator_host is not None
+    with PubSubRelay(provisioned.pubsub_emulator_host) as relay:
+        relay.held.add(stalled)
+        env = {
+            **os.environ,
+            "GOOGLE_CLOUD_PROJECT": str(provisioned.project),
+            "PUBSUB_EMULATOR_HOST": relay.host,
+        }
+
+        # When `stemctl dlq replay` is SIGKILLed while those calls hang
+        replay = child(env, "dlq", "replay")
+        deadline = time.monotonic() + 30
+        while relay.held_calls == 0:
+            assert replay.process.poll() is None, replay.lines
+            assert time.monotonic() < deadline, replay.lines
+            time.sleep(0.02)
+        time.sleep(0.5)
+        replay.kill()
+
+    # Then no job is lost: each is on stem-separate or, once its lease lapses, in the DLQ
+    replayed: set[str] = set()
+    in_dlq: set[str] = set()
+    deadline = time.monotonic() + 30
+    while replayed | in_dlq != jobs or (stalled == ACKNOWLEDGE and not replayed <= in_dlq):
+        assert time.monotonic() < deadline, (sorted(replayed), sorted(in_dlq))
+        replayed |= {m.attributes["jobId"] for m in dlq.take_jobs(timeout_s=0.3)}
+        in_dlq |= {m.attributes["jobId"] for m in dlq.take_dlq(timeout_s=0.3).values()}
+    if stalled == PUBLISH:
+        # nothing was published, so every copy had to stay: acked first, they would be lost
+        assert replayed == set()
+    else:
+        # the publishes were confirmed before the acks were sent: duplicates, observably
+        assert replayed == jobs
 
 
 def test_sigterm_mid_replay_releases_every_held_message_at_once_and_loses_none(

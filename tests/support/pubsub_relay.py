@@ -73,6 +73,8 @@ STREAMING_PULL: Final = _SERVICE + "StreamingPull"
 _ACKNOWLEDGE: Final = _SERVICE + "Acknowledge"
 _MODIFY_ACK_DEADLINE: Final = _SERVICE + "ModifyAckDeadline"
 _PULL: Final = _SERVICE + "Pull"
+PUBLISH: Final = "/google.pubsub.v1.Publisher/Publish"
+ACKNOWLEDGE: Final = _ACKNOWLEDGE
 _OPTIONS: Final = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 _DEFAULT_LIMIT: Final = 10
 """Messages per stream when a client sets no ``max_outstanding_messages``."""
@@ -137,6 +139,11 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
         self._message_of: dict[str, str] = {}  # ack id → message id
         self._pulled_at: dict[str, float] = {}  # message id → when last pulled
         self._found_nothing_at = 0.0  # when a pull last came back empty
+        self.held: set[str] = set()
+        """Methods whose calls wait here, not forwarded, until the method is released: a
+        network that stalls. A call whose client went away meanwhile is dropped, never
+        forwarded late (a killed client's request never reaches Pub/Sub)."""
+        self.held_calls = 0
         self.trace: list[tuple[float, str, str]] = []
         """(seconds, message id, what happened to it here): for a lost message's trail."""
 
@@ -151,6 +158,13 @@ class PubSubRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no 
         )
 
     def _unary(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
+        if method in self.held:
+            with self._lock:
+                self.held_calls += 1
+            while method in self.held:
+                if self._closing.is_set() or not context.is_active():
+                    context.abort(grpc.StatusCode.CANCELLED, "client went away")
+                time.sleep(0.02)
         try:
             response: bytes = self._channel.unary_unary(method)(
                 request, metadata=_forwarded_metadata(context), timeout=context.time_remaining()
