@@ -3,6 +3,7 @@
 from tests.worker_fixtures import (  # noqa: F401 - fixtures, registered by import
     clip,
     model_repo,
+    observed_worker,
     publish,
     results,
     separator,
