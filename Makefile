@@ -9,10 +9,15 @@ TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 # Where the reliability suite writes its figures (JSON) before rendering docs/reliability.md.
 RELIABILITY_FIGURES ?= build/reliability
+# Rule files and their promtool unit tests (infra/monitoring); promtool and the prometheus
+# server come from Debian's `prometheus` package (2.42 on bookworm).
+MONITORING := infra/monitoring
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-unit test-integration lint format typecheck schemas \
-        contracts-check demo bench reliability reliability-long ci clean
+        contracts-check demo bench reliability reliability-long monitoring-tools monitoring-check \
+        ci clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -25,13 +30,13 @@ $(STAMP): pyproject.toml contracts/pyproject.toml constraints.txt
 
 install: $(STAMP) ## create .venv and install everything (pinned by constraints.txt)
 
-test: install ## the whole suite: unit + integration on the real emulators
+test: install monitoring-tools ## the whole suite: unit + integration on the real emulators
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install ## only the tests that need no server
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
-test-integration: install ## only the tests on the Pub/Sub emulator and fake-gcs-server
+test-integration: install monitoring-tools ## only the tests on the Pub/Sub emulator and fake-gcs-server
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
 lint: install ## ruff (lint, import order, formatting) and import-linter (the layers in pyproject.toml)
@@ -72,7 +77,20 @@ reliability: install ## chaos, resource, bad-input and security suite (CI-sized)
 reliability-long: install ## release check: 500-job chaos run, 1000-job soak, 10-minute track (~14 min); rewrites its table
 	$(BIN)/python -m tests.reliability.long_run --jobs 500 --workers 3 --figures $(RELIABILITY_FIGURES)/long --out docs/reliability.md
 
-ci: lint typecheck test contracts-check ## what .ci/run runs
+monitoring-tools: ## promtool + prometheus from Debian's prometheus package, installed when absent
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then \
+	  echo "monitoring-tools: $$(promtool --version 2>&1 | head -n 1)"; \
+	else \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	fi
+
+monitoring-check: monitoring-tools ## promtool: check the Prometheus config and rules, run the rules' unit tests
+	promtool check config --syntax-only $(MONITORING)/prometheus.yml
+	promtool check rules $(MONITORING)/rules/*.yml
+	cd $(MONITORING)/tests && promtool test rules *.yml
+
+ci: lint typecheck monitoring-check test contracts-check ## what .ci/run runs
 
 clean: ## remove virtualenvs and caches
 	rm -rf $(VENV) .venv-contracts .pytest_cache .mypy_cache .ruff_cache

@@ -20,7 +20,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.app import build_worker, load_separator
 from consumer.runner import Worker
-from consumer.separation import DemucsSeparator
 from consumer.settings import Settings
 from consumer.telemetry import Health, Metrics, TelemetryServer
 from stem_contracts import Job, JobPublisher, ResultSubscriber, StemsProcessed, StemsProgress
@@ -44,31 +43,6 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for sample in family.samples:
             out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return out
-
-
-@pytest.fixture
-def observed_worker(
-    separator: DemucsSeparator,
-) -> Iterator[Callable[[Settings], tuple[Worker, Metrics, TelemetryServer]]]:
-    """An in-process worker with its metrics and telemetry endpoints on a free port."""
-    started: list[tuple[Worker, threading.Thread, TelemetryServer]] = []
-
-    def start(settings: Settings) -> tuple[Worker, Metrics, TelemetryServer]:
-        metrics, health = Metrics(), Health()
-        server = TelemetryServer(metrics, health, 0, host="127.0.0.1").start()
-        health.set(model_loaded=True)
-        worker = build_worker(settings, separator, metrics=metrics, health=health)
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        assert worker.ready.wait(10)
-        started.append((worker, thread, server))
-        return worker, metrics, server
-
-    yield start
-    for worker, thread, server in started:
-        worker.request_stop("test over")
-        thread.join(30)
-        server.stop()
 
 
 def test_metrics_scraped_after_three_jobs_moved_by_the_right_amounts(

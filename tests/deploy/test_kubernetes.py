@@ -1,7 +1,8 @@
 """infra/k8s: every core manifest validates strictly (kubernetes-validate, offline schemas
-bundled in its wheel) against a pinned Kubernetes version; the KEDA objects, which are
-CRDs it has no schema for, are checked here against the fields KEDA documents; and the
-manifests agree with the settings, the image and the Terraform."""
+bundled in its wheel) against a pinned Kubernetes version; the KEDA objects and managed
+Prometheus' PodMonitoring, which are CRDs it has no schema for, are checked here against
+the fields their projects document; and the manifests agree with the settings, the image
+and the Terraform."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ KUBERNETES_VERSION = "1.33.0"
 
 KUSTOMIZE_API = "kustomize.config.k8s.io/v1beta1"
 KEDA_API = "keda.sh/v1alpha1"
+GMP_API = "monitoring.googleapis.com/v1"  # Google Cloud Managed Service for Prometheus
 WORKER = "stem-worker"
 
 
@@ -61,7 +63,7 @@ def _core_documents() -> list[tuple[Path, dict[str, Any]]]:
     return [
         (path, doc)
         for path, doc in _documents()
-        if doc["apiVersion"] not in (KUSTOMIZE_API, KEDA_API)
+        if doc["apiVersion"] not in (KUSTOMIZE_API, KEDA_API, GMP_API)
     ]
 
 
@@ -82,12 +84,13 @@ def test_manifest_validates_strictly_against_kubernetes(
     assert validated == version.rsplit(".", 1)[0]
 
 
-def test_every_manifest_is_core_kustomize_or_keda() -> None:
+def test_every_manifest_is_core_kustomize_keda_or_managed_prometheus() -> None:
     kinds = {(doc["apiVersion"], doc["kind"]) for _, doc in _documents()}
     assert {kind for kind in kinds if kind[0] == KEDA_API} == {
         (KEDA_API, "ScaledObject"),
         (KEDA_API, "TriggerAuthentication"),
     }
+    assert {kind for kind in kinds if kind[0] == GMP_API} == {(GMP_API, "PodMonitoring")}
     assert {doc["kind"] for _, doc in _core_documents()} == {
         "Namespace",
         "ServiceAccount",
@@ -234,6 +237,77 @@ def test_keda_schema_rejects_a_misspelled_field() -> None:
     broken = {**scaled, "spec": {**scaled["spec"], "minReplicas": 0}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, SCALED_OBJECT_SCHEMA)
+
+
+# PodMonitoring (monitoring.googleapis.com/v1, GoogleCloudPlatform/prometheus-engine's
+# doc/api.md): the fields of the spec this repository may use, closed likewise.
+_LABEL_SELECTOR = {
+    "type": "object",
+    "properties": {
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchExpressions": {"type": "array"},
+    },
+    "additionalProperties": False,
+}
+POD_MONITORING_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": GMP_API},
+        "kind": {"const": "PodMonitoring"},
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": _LABEL_SELECTOR,
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["port"],
+                        "properties": {
+                            "port": {"type": ["string", "integer"]},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                            "timeout": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                            "params": {"type": "object"},
+                            "metricRelabeling": {"type": "array"},
+                        },
+                        "additionalProperties": False,
+                    },
+                },
+                "targetLabels": {"type": "object"},
+                "limits": {"type": "object"},
+                "filterRunning": {"type": "boolean"},
+            },
+            "additionalProperties": False,
+        },
+    },
+    "additionalProperties": False,
+}
+
+
+def test_pod_monitoring_has_the_fields_managed_prometheus_reads() -> None:
+    pod_monitoring = _one("PodMonitoring")
+    jsonschema.validate(pod_monitoring, POD_MONITORING_SCHEMA)
+    broken = {**pod_monitoring, "spec": {**pod_monitoring["spec"], "endpoint": []}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, POD_MONITORING_SCHEMA)
+
+
+def test_pod_monitoring_scrapes_the_worker_pods_metrics_port_as_job_stem_worker() -> None:
+    pod_monitoring = _one("PodMonitoring")
+    # Managed Prometheus names the job after the PodMonitoring: the rules select it.
+    assert pod_monitoring["metadata"]["name"] == "stem-worker"
+    labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pod_monitoring["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (endpoint,) = pod_monitoring["spec"]["endpoints"]
+    (port,) = _worker_container()["ports"]
+    assert endpoint["port"] in (port["name"], port["containerPort"])
+    assert endpoint.get("path", "/metrics") == "/metrics"
 
 
 def test_scaled_object_scales_the_worker_to_zero_on_the_jobs_subscription_backlog() -> None:

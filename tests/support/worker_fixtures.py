@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import soundfile as sf
@@ -21,6 +21,7 @@ from consumer.audio import encode as encode_audio
 from consumer.runner import Worker
 from consumer.separation import DemucsSeparator
 from consumer.settings import Settings
+from consumer.telemetry import Health, Metrics, TelemetryServer
 from devkit.models import write_local_model
 from devkit.synth import multi_instrument_mix
 from stem_contracts import Job, ResultEvent, StemsFailed, StemsProcessed, decode_event, encode
@@ -75,6 +76,45 @@ def start_worker(
     for worker, thread in running:
         worker.request_stop("test over")
         thread.join(30)
+
+
+class StartObservedWorker(Protocol):
+    def __call__(
+        self, settings: Settings, *, load_model: bool = False
+    ) -> tuple[Worker, Metrics, TelemetryServer]: ...
+
+
+@pytest.fixture
+def observed_worker(separator: DemucsSeparator) -> Iterator[StartObservedWorker]:
+    """An in-process worker with its metrics and telemetry endpoints on a free port.
+
+    ``load_model=True`` loads the model as ``stemctl worker`` does (``load_separator``, a
+    second load of the tiny model), so ``stem_model_load_seconds`` and ``stem_model_info``
+    are set too; otherwise the session's loaded model is reused.
+    """
+    from consumer.app import build_worker, load_separator
+
+    started: list[tuple[Worker, threading.Thread, TelemetryServer]] = []
+
+    def start(
+        settings: Settings, *, load_model: bool = False
+    ) -> tuple[Worker, Metrics, TelemetryServer]:
+        metrics, health = Metrics(), Health()
+        server = TelemetryServer(metrics, health, 0, host="127.0.0.1").start()
+        model = load_separator(settings, metrics) if load_model else separator
+        health.set(model_loaded=True)
+        worker = build_worker(settings, model, metrics=metrics, health=health)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        assert worker.ready.wait(10)
+        started.append((worker, thread, server))
+        return worker, metrics, server
+
+    yield start
+    for worker, thread, server in started:
+        worker.request_stop("test over")
+        thread.join(30)
+        server.stop()
 
 
 @pytest.fixture
