@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-unit test-integration lint format typecheck schemas \
-        contracts-check demo bench reliability reliability-long monitoring-tools monitoring-check \
+        contracts-check demo bench reliability reliability-long monitoring-tools monitoring-check mutation \
         ci clean
 
 help: ## list the targets
@@ -76,6 +76,14 @@ reliability: install ## chaos, resource, bad-input and security suite (CI-sized)
 
 reliability-long: install ## release check: 500-job chaos run, 1000-job soak, 10-minute track (~14 min); rewrites its table
 	$(BIN)/python -m tests.reliability.long_run --jobs 500 --workers 3 --figures $(RELIABILITY_FIGURES)/long --out docs/reliability.md
+
+mutation: install ## mutation testing of the pure core (mutmut); fails on a survivor not in tests/mutation/survivors.txt
+	rm -rf build/mutation && mkdir -p build/mutation/contracts
+	cp -r consumer stemctl devkit infra tests pyproject.toml build/mutation/
+	cp -r contracts/schemas build/mutation/contracts/
+	cp -r contracts/stem_contracts build/mutation/stem_contracts
+	cd build/mutation && $(CURDIR)/$(BIN)/mutmut run --max-children 2 >/dev/null
+	cd build/mutation && $(CURDIR)/$(BIN)/python $(CURDIR)/tests/mutation/check.py $(CURDIR)/$(BIN)/mutmut
 
 monitoring-tools: ## promtool + prometheus from Debian's prometheus package, installed when absent
 	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then \

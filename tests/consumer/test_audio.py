@@ -462,15 +462,22 @@ def test_damaged_files_decode_or_raise_a_stem_error(
     tmp_path: Path, fmt: AudioFormat, damage: Callable[[bytes, int], bytes]
 ) -> None:
     whole = encode(clip(0.5), RATE, fmt, tmp_path / f"whole.{fmt}").path.read_bytes()
+    outcomes: list[str] = []
     for seed in range(8):
         path = tmp_path / f"damaged{seed}.{fmt}"
         path.write_bytes(damage(whole, seed))
+        assert path.read_bytes() != whole  # really damaged
         try:
             decoded = decode(path, max_seconds=10, target_rate=RATE)
-        except StemError:
+        except StemError as exc:
+            outcomes.append(exc.code)
             continue
         assert decoded.samples.shape[0] == 2
         assert np.isfinite(decoded.samples).all()
+        outcomes.append("decoded")
+    # Every damaged file ended one of these ways (any other exception fails above).
+    assert len(outcomes) == 8
+    assert set(outcomes) <= {"decoded", "corrupt_audio", "unsupported_audio"}, outcomes
 
 
 # --- encoding --------------------------------------------------------------------------

@@ -107,3 +107,8 @@ def test_every_concrete_error_has_its_own_unique_snake_case_code() -> None:
     codes = [cls.code for cls in classes if cls not in abstract]
     assert all(re.fullmatch(r"[a-z][a-z0-9_]{0,63}", code) for code in codes), codes
     assert len(codes) == len(set(codes)), sorted(codes)
+
+
+def test_a_stem_errors_text_is_its_message() -> None:
+    error = WorkerShutdown("grace ran out")
+    assert (str(error), error.message) == ("grace ran out", "grace ran out")

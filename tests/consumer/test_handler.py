@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -326,6 +327,33 @@ def test_a_manifest_from_another_model_version_is_recomputed_not_served(rig: Rig
     # Then the stems are separated again by the new model, not served stale
     assert upgraded.calls == 1
     assert rig.processed().model_version == "demucs-htdemucs-6s-v2"
+
+
+def test_each_manifest_decision_is_logged_with_the_job_id(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="consumer.manifest")
+
+    def said() -> list[tuple[str, object]]:
+        lines = [(r.getMessage(), getattr(r, "jobId", None)) for r in caplog.records]
+        caplog.clear()
+        return [line for line in lines if line[1] is not None]
+
+    rig.store.put(f"{DEFAULT_PREFIX}/manifest.json", b"{half a manif")
+    rig.handle(make_job())
+    assert said() == [("unreadable manifest; recomputing", "job-1")]
+    rig.handle(make_job(), attempt=2)
+    assert said() == [("job already processed; republishing its result", "job-1")]
+    rig.handle(make_job(format="flac"))
+    assert said() == [("manifest from another job or model at this prefix; recomputing", "job-1")]
+
+
+def test_the_manifest_leaves_out_what_is_unset(rig: Rig) -> None:
+    rig.handle(make_job(correlation_id=None))
+
+    manifest = json.loads(rig.store.objects[f"{DEFAULT_PREFIX}/manifest.json"].data)
+    assert "correlationId" not in manifest
+    assert "jobId" in manifest
 
 
 def test_unreadable_manifest_is_ignored_and_the_job_recomputed(rig: Rig) -> None:

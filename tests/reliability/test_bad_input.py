@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,7 @@ from consumer.handler import Delivery, JobHandler, Outcome
 from consumer.runner import Worker
 from consumer.settings import Settings
 from devkit.synth import multi_instrument_mix
-from stem_contracts import ContractError, StemsProcessed, decode_job, split_gcs_uri
+from stem_contracts import ID_PATTERN, ContractError, StemsProcessed, decode_job, split_gcs_uri
 from tests.chaos.catalogue import flac_declaring, silence_flac
 from tests.reliability.conftest import Tally
 from tests.reliability.strategies import MAX_ATTRIBUTES, attributes, messages
@@ -228,19 +229,29 @@ def test_the_real_worker_survives_any_body_and_attributes_and_ends_each_message(
     for body, extra in zip(bodies, attrs, strict=True):
         probe = f"probe-{tally.counts['messages']}"
         tally.counts["messages"] += 1
+        body = _with_job_id(body or b" ", probe)  # a valid jobId becomes the probe's own
         extra = dict(list(extra.items())[: MAX_ATTRIBUTES - 1])  # room for the probe
-        publish(body or b" ", **extra, probe=probe)
-        probes[probe] = body or b" "
+        publish(body, **extra, probe=probe)
+        probes[probe] = body
 
     deadline = time.monotonic() + 120
     while True:
         results.settle(0.3)
-        dead = {m.attributes.get("probe") for m in results.dead_letters}
+        dead = {m.attributes.get("probe"): m.attributes for m in results.dead_letters}
         done = {e.job_id for e in results.events if isinstance(e, StemsProcessed)}
-        open_ = [p for p, body in probes.items() if p not in dead and _job_id(body) not in done]
+        open_ = [p for p in probes if p not in dead and p not in done]
         if not open_ or time.monotonic() > deadline:
             break
     assert open_ == [], [probes[p][:200] for p in open_]
+    for probe, body in probes.items():
+        if probe not in dead:
+            continue
+        reasons = dead[probe]
+        # Dead-lettered by the worker with its reason — not by Pub/Sub after five nacks
+        # (whose copy carries CloudPubSubDeadLetterSource*, and maybe the fuzzed errorCode).
+        assert "CloudPubSubDeadLetterSourceDeliveryCount" not in reasons, (body[:200], reasons)
+        expected = {"invalid_message"} if _job_id(body) is None else PERMANENT_CODES
+        assert reasons.get("errorCode") in expected, (body[:200], reasons.get("errorCode"))
     assert worker.ready.is_set()
     tally.counts["dead-lettered"] += sum(p in dead for p in probes)
     tally.counts["processed"] += sum(p not in dead for p in probes)
@@ -253,6 +264,20 @@ def test_the_real_worker_survives_any_body_and_attributes_and_ends_each_message(
             f"{tally.counts['dead-lettered']} dead-lettered with a reason; worker still pulling",
         )
     ]
+
+
+def _with_job_id(body: bytes, job_id: str) -> bytes:
+    """``body`` with its ``jobId`` replaced by ``job_id`` when it has a valid one (so each
+    probe's events are its own); any other body is left as hostile as it was."""
+    try:
+        fields = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body
+    if not isinstance(fields, dict) or not (
+        isinstance(fields.get("jobId"), str) and re.fullmatch(ID_PATTERN, fields["jobId"])
+    ):
+        return body
+    return json.dumps({**fields, "jobId": job_id}).encode()
 
 
 def _job_id(body: bytes) -> str | None:

@@ -14,6 +14,7 @@ from stemctl.dlq.letters import (
     Filters,
     Pacer,
     Selection,
+    chunks,
     format_age,
     parse_duration,
     replay_attributes,
@@ -286,3 +287,64 @@ def test_pacer_without_a_rate_never_sleeps_and_refuses_nonsense() -> None:
 @pytest.mark.parametrize(("rate", "size"), [(None, 50), (0.5, 1), (5.0, 5), (1000.0, 50)])
 def test_a_replay_window_holds_about_a_seconds_worth(rate: float | None, size: int) -> None:
     assert window_size(rate) == size
+
+
+# --- what `make mutation` found unguarded ---------------------------------------------------
+
+
+def test_a_pulled_message_becomes_a_dead_letter_field_by_field() -> None:
+    # The real Pub/Sub message type, as a pull returns it (no server needed to build one).
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from google.pubsub_v1.types import PubsubMessage
+
+    published = Timestamp()
+    published.FromDatetime(NOW.replace(tzinfo=None))
+    message = PubsubMessage(
+        data=b'{"jobId": "job-9"}',
+        attributes={"errorCode": "corrupt_audio"},
+        message_id="42",
+        publish_time=published,
+    )
+
+    dead = DeadLetter.from_message(message)
+
+    assert dead.message_id == "42"
+    assert dead.data == b'{"jobId": "job-9"}'
+    assert dead.attributes == {"errorCode": "corrupt_audio"}
+    assert dead.publish_time == NOW
+    assert dead.job_id == "job-9"
+
+
+@pytest.mark.parametrize("body", [b'["jobId", "job-1"]', b'{"jobId": 7}', b'{"jobId": null}'])
+def test_a_body_without_a_string_job_id_gives_none(body: bytes) -> None:
+    assert letter(job_id=None, data=body).job_id is None
+
+
+def test_parse_duration_ignores_spaces_between_parts() -> None:
+    assert parse_duration(" 1h 30m ") == timedelta(minutes=90)
+
+
+def test_selection_keeps_the_letters_themselves_and_judges_age_from_its_clock() -> None:
+    old, young = letter("old", age=timedelta(hours=3)), letter("young")
+    replayed = ours("r", replayCount="3", age=timedelta(hours=5))
+    selection = Selection(Filters(older_than=timedelta(hours=1)), NOW, max_replays=3)
+
+    verdicts = [selection.offer(x) for x in (old, young, replayed)]
+
+    assert verdicts == ["selected", "untouched", "refused"]
+    assert selection.selected == [old]
+    assert selection.refused == [replayed]
+
+
+def test_pacer_allows_any_positive_rate_and_says_what_is_wrong_otherwise() -> None:
+    Pacer(0.5)
+    with pytest.raises(ValueError, match=r"^rate must be positive$"):
+        Pacer(0)
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [(2, [[1, 2], [3, 4], [5]]), (5, [[1, 2, 3, 4, 5]]), (9, [[1, 2, 3, 4, 5]])],
+)
+def test_chunks_cover_every_item_once_in_order(size: int, expected: list[list[int]]) -> None:
+    assert [list(c) for c in chunks([1, 2, 3, 4, 5], size)] == expected
