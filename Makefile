@@ -9,6 +9,9 @@ TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 # Where the reliability suite writes its figures (JSON) before rendering docs/reliability.md.
 RELIABILITY_FIGURES ?= build/reliability
+# Which mutants `make mutation` runs (fnmatch patterns of mutmut's names; empty = all).
+# CI runs the runtime's and the DLQ's (`consumer.* stemctl.*`); `make mutation` runs every one.
+MUTANTS ?=
 # Rule files and their promtool unit tests (infra/monitoring); promtool and the prometheus
 # server come from Debian's `prometheus` package (2.42 on bookworm).
 MONITORING := infra/monitoring
@@ -82,7 +85,7 @@ mutation: install ## mutation testing of the pure core (mutmut); fails on a surv
 	cp -r consumer stemctl devkit infra tests pyproject.toml build/mutation/
 	cp -r contracts/schemas build/mutation/contracts/
 	cp -r contracts/stem_contracts build/mutation/stem_contracts
-	cd build/mutation && $(CURDIR)/$(BIN)/mutmut run --max-children 2 >/dev/null
+	cd build/mutation && $(CURDIR)/$(BIN)/mutmut run --max-children 2 $(foreach m,$(MUTANTS),'$(m)') >/dev/null
 	cd build/mutation && $(CURDIR)/$(BIN)/python $(CURDIR)/tests/mutation/check.py $(CURDIR)/$(BIN)/mutmut
 
 monitoring-tools: ## promtool + prometheus from Debian's prometheus package, installed when absent
@@ -98,7 +101,8 @@ monitoring-check: monitoring-tools ## promtool: check the Prometheus config and 
 	promtool check rules $(MONITORING)/rules/*.yml
 	cd $(MONITORING)/tests && promtool test rules *.yml
 
-ci: lint typecheck monitoring-check test contracts-check ## what .ci/run runs
+ci: lint typecheck monitoring-check test contracts-check ## what .ci/run runs (plus a quick mutation run)
+	$(MAKE) mutation MUTANTS="consumer.* stemctl.*"
 
 clean: ## remove virtualenvs and caches
 	rm -rf $(VENV) .venv-contracts .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from stem_contracts import ContractError, Job, decode_job, encode, split_gcs_uri
 from stem_contracts.codec import MAX_MESSAGE_BYTES
 
 BASE = {"schemaVersion": 1, "jobId": "j", "trackId": "t"}
+RELATIVE = "object path must be relative (no leading '/', no backslashes)"
 
 
 def _refusal(source_uri: str) -> str:
@@ -32,7 +33,7 @@ def _refusal(source_uri: str) -> str:
         ("gs://my..bucket/a.wav", "bucket name 'my..bucket' is not a valid GCS bucket name"),
         ("gs://bucket/", "must name an object or prefix after the bucket (gs://bucket/path)"),
         ("gs://bucket///", "must name an object or prefix after the bucket (gs://bucket/path)"),
-        ("gs://bucket/a\\b.wav", "object path must be relative (no leading '/', no backslashes)"),
+        ("gs://bucket/a\\b.wav", RELATIVE),
         (
             "gs://bucket/%2Fetc/a.wav",
             "object path must be relative (no leading '/', no backslashes)",
@@ -46,7 +47,7 @@ def _refusal(source_uri: str) -> str:
     ],
 )
 def test_a_bad_gcs_uri_is_refused_with_the_rule_it_breaks(uri: str, reason: str) -> None:
-    assert reason in _refusal(uri)
+    assert _refusal(uri) == f"Value error, {reason}"
 
 
 @pytest.mark.parametrize(
@@ -54,6 +55,7 @@ def test_a_bad_gcs_uri_is_refused_with_the_rule_it_breaks(uri: str, reason: str)
     [
         "gs://bucket/" + "a" * 1024,  # exactly GCS's limit
         "gs://bucket/My Song (live).wav",  # spaces are not control characters
+        "gs://bucket/X",  # a one-letter object name
         "gs://bucket/\u00e9t\u00e9/\u97f3\u697d.flac",  # neither is non-ASCII text
     ],
 )
@@ -97,6 +99,14 @@ def test_a_body_that_is_not_an_object_names_what_it_is() -> None:
 def test_every_problem_is_named_in_one_message() -> None:
     with pytest.raises(ContractError) as caught:
         decode_job(json.dumps({"schemaVersion": 1, "jobId": "", "trackId": ""}).encode())
-    text = str(caught.value)
-    assert "; " in text
-    assert text.split("; ")[0].startswith("jobId: ")
+    assert str(caught.value) == "; ".join(f"{p.field}: {p.reason}" for p in caught.value.problems)
+    assert [p.field for p in caught.value.problems] == ["jobId", "trackId", "sourceUri"]
+
+
+def test_a_rule_across_fields_is_reported_against_the_body() -> None:
+    body = {**BASE, "sourceUri": "gs://bkt/a.wav", "stems": ["vocals", "vocals"]}
+    with pytest.raises(ContractError) as caught:
+        decode_job(json.dumps(body).encode())
+    assert [(p.field, p.reason) for p in caught.value.problems] == [
+        ("body", "Value error, stems: names must be unique")
+    ]
