@@ -24,9 +24,17 @@ from stem_contracts import (
     StemsFailed,
 )
 from stemctl.dlq.commands import dlq_app
-from stemctl.model import model_app
+from stemctl.model import ModelName, ModelRepo, model_app
 from stemctl.results import event_line, results_subscription, wait_for_result
-from stemctl.support import StemFormat, load_settings, operator_errors
+from stemctl.support import (
+    MP3_BITRATES,
+    Device,
+    StemFormat,
+    check_mp3_bitrate,
+    load_settings,
+    operator_errors,
+    stem_list,
+)
 
 __all__ = ["app", "main"]
 
@@ -188,6 +196,74 @@ def results_tail(
 
 @app.command()
 @operator_errors
+def separate(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="wav, mp3 or flac files.", show_default=False),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Each FILE's stems go to OUT/{track}/."),
+    ] = Path("separated"),
+    model: ModelName = None,
+    repo: ModelRepo = None,
+    device: Annotated[
+        Device | None,
+        typer.Option("--device", "-d", help="Default: STEM_DEVICE (auto: cuda when available)."),
+    ] = None,
+    fmt: Annotated[
+        StemFormat, typer.Option("--format", help="Stem format (mp3 is CBR; wav/flac 16-bit).")
+    ] = StemFormat.mp3,
+    mp3_bitrate: Annotated[
+        int,
+        typer.Option(
+            "--mp3-bitrate",
+            help=f"kbit/s: {', '.join(map(str, MP3_BITRATES))}.",
+            callback=check_mp3_bitrate,
+        ),
+    ] = 320,
+    stems: Annotated[
+        str | None, typer.Option("--stems", help="Comma list, e.g. vocals,drums. Default: all.")
+    ] = None,
+) -> None:
+    """Separate local files with the worker's own pipeline: no Pub/Sub, no GCS.
+
+    Each FILE becomes OUT/{track}/{stem}.{ext} plus OUT/{track}/manifest.json (what a
+    worker publishes as stems.processed; its URIs are gs://local/{absolute path}), track
+    being the file's name made a valid id (song.flac → OUT/song/). Files run one at a time
+    with a progress bar each, then a summary table. A file that fails (missing, corrupt,
+    unsupported, too long, too large) gets one line on stderr and the others go on; the
+    exit code is 1 when any failed. The worker's STEM_* settings apply (e.g.
+    STEM_MAX_AUDIO_SECONDS).
+
+    The model is the worker's: --model (STEM_MODEL, htdemucs_6s) from --repo
+    (STEM_MODEL_REPO), else from the hub, downloaded once into its cache like demucs does.
+    Offline without cached weights it fails and asks for --repo; unlike `stemctl demo` it
+    never runs a stand-in model, because its stems are the result.
+    """
+    from stemctl.separate import run_separate
+
+    settings = load_settings()
+    overrides: dict[str, Any] = {
+        "model": model,
+        "model_repo": repo,
+        "device": device.value if device is not None else None,
+    }
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    raise typer.Exit(
+        code=run_separate(
+            files,
+            out=out,
+            settings=settings,
+            fmt=fmt.value,
+            mp3_bitrate=mp3_bitrate,
+            stems=stem_list(stems),
+        )
+    )
+
+
+@app.command()
+@operator_errors
 def demo(
     seconds: Annotated[float, typer.Option("--seconds", help="Length of the sample.")] = 4.0,
     fmt: Annotated[StemFormat, typer.Option("--format")] = StemFormat.mp3,
@@ -202,8 +278,9 @@ def demo(
 
 
 def main() -> None:
-    # Logging is configured here, in the entry point, and nowhere else. The demo talks to
-    # a person: it shows progress itself and only warnings from the logs.
-    demo = len(sys.argv) > 1 and sys.argv[1] == "demo"
-    configure_logging(logging.WARNING if demo else logging.INFO)
+    # Logging is configured here, in the entry point, and nowhere else. The demo and
+    # separate talk to a person: they show progress themselves and only warnings from the
+    # logs.
+    quiet = len(sys.argv) > 1 and sys.argv[1] in ("demo", "separate")
+    configure_logging(logging.WARNING if quiet else logging.INFO)
     app()

@@ -25,6 +25,7 @@ from devkit.models import write_local_model
 from devkit.synth import multi_instrument_mix
 from infra.provision import apply
 from stem_contracts import JobPublisher, StemsProcessed
+from stemctl.model import weights_cached
 from stemctl.results import results_subscription, wait_for_result
 
 __all__ = ["DEMO_FALLBACK_MODEL", "choose_model", "run_demo"]
@@ -32,24 +33,6 @@ __all__ = ["DEMO_FALLBACK_MODEL", "choose_model", "run_demo"]
 DEMO_FALLBACK_MODEL = "htdemucs_6s_tiny"
 """A small HTDemucs with htdemucs_6s's six sources and random weights (modelVersion
 ``demucs-htdemucs-6s-tiny``): real Demucs code, stems without musical meaning."""
-
-# The hub checkpoint of htdemucs_6s (Demucs' remote files list), as cached by torch.hub.
-_HTDEMUCS_6S_CHECKPOINT = "5c90dfd2-34c22ccb.th"
-
-
-def _weights_cached(model: str) -> bool:
-    import torch
-
-    if model != "htdemucs_6s":
-        return False
-    checkpoint = Path(torch.hub.get_dir()) / "checkpoints" / _HTDEMUCS_6S_CHECKPOINT
-    try:
-        from huggingface_hub import constants
-
-        hf_cached = (Path(constants.HF_HUB_CACHE) / "models--adefossez--HTDemucs-6s").is_dir()
-    except ImportError:  # pragma: no cover - a dependency of demucs
-        hf_cached = False
-    return checkpoint.is_file() or hf_cached
 
 
 def choose_model(settings: Settings, *, fetch: bool, cache_dir: Path) -> tuple[Settings, str]:
@@ -60,7 +43,7 @@ def choose_model(settings: Settings, *, fetch: bool, cache_dir: Path) -> tuple[S
     """
     if settings.model_repo is not None:
         return settings, f"{settings.model} from the local folder {settings.model_repo}"
-    if _weights_cached(settings.model):
+    if weights_cached(settings.model):
         return settings, f"{settings.model} with pretrained weights from the local cache"
     if fetch:
         return settings, f"{settings.model} with pretrained weights from the hub (downloading)"
