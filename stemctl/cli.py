@@ -23,9 +23,10 @@ from stem_contracts import (
     ResultSubscriber,
     StemsFailed,
 )
+from stemctl.display import progress_bars
 from stemctl.dlq.commands import dlq_app
 from stemctl.model import ModelName, ModelRepo, model_app
-from stemctl.results import event_line, results_subscription, wait_for_result
+from stemctl.results import event_line, results_subscription, show_progress, wait_for_result
 from stemctl.support import (
     MP3_BITRATES,
     Device,
@@ -108,7 +109,12 @@ def submit(
     ] = None,
     output_uri: Annotated[str | None, typer.Option("--output-uri")] = None,
     wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for the job's final result event and print it.")
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait for the job's final result event and print it; meanwhile a progress "
+            "bar fed by its stems.progress events (plain lines on stderr off a terminal).",
+        ),
     ] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds --wait waits.")] = 600.0,
 ) -> None:
@@ -123,12 +129,16 @@ def submit(
             track_id=track_id,
             job_id=job_id or uuid.uuid4().hex,
             fmt=fmt.value,
-            stems=tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None,
+            stems=stem_list(stems),
             output_uri=output_uri,
         )
         if results is None:
             return
-        final = wait_for_result(settings, results, job.job_id, timeout)
+        with progress_bars() as bars:
+            bar = bars.add(f"job {job.job_id}", phase="queued")
+            final = wait_for_result(
+                settings, results, job.job_id, timeout, on_event=show_progress(bar)
+            )
     typer.echo(event_line(final))
     if isinstance(final, StemsFailed):
         raise typer.Exit(code=1)
@@ -199,7 +209,7 @@ def results_tail(
 def separate(
     files: Annotated[
         list[Path],
-        typer.Argument(help="wav, mp3 or flac files.", show_default=False),
+        typer.Argument(help="wav, mp3 or flac files.", metavar="FILE", show_default=False),
     ],
     out: Annotated[
         Path,
@@ -265,16 +275,48 @@ def separate(
 @app.command()
 @operator_errors
 def demo(
-    seconds: Annotated[float, typer.Option("--seconds", help="Length of the sample.")] = 4.0,
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A wav, mp3 or flac file of yours. Default: a generated multi-instrument "
+            "sample of --seconds.",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Download the stems and manifest.json from the fake GCS into OUT/{track}/ "
+            "to listen to. Default: keep nothing.",
+            show_default=False,
+        ),
+    ] = None,
+    seconds: Annotated[
+        float, typer.Option("--seconds", help="Length of the generated sample.")
+    ] = 4.0,
     fmt: Annotated[StemFormat, typer.Option("--format")] = StemFormat.mp3,
     fetch: Annotated[
         bool, typer.Option("--fetch", help="Download htdemucs_6s weights when not cached.")
     ] = False,
 ) -> None:
-    """Start the emulators, provision, run a worker, separate a generated sample, stop."""
+    """Run the whole fleet on this machine on FILE (or a generated sample), then stop it.
+
+    Starts the Pub/Sub emulator and fake-gcs-server, provisions, runs a worker, submits the
+    file with JobPublisher, follows its progress, shows the stems (with --out, downloads
+    them), and stops the worker and emulators and removes its temporary files.
+
+    Uses STEM_MODEL_REPO when set, else htdemucs_6s' cached weights (--fetch downloads
+    them). Without either it says so and runs htdemucs_6s_tiny, a small model of the same
+    architecture with random weights: the pipeline is real, its stems are not music.
+    """
     from stemctl.demo import run_demo
 
-    raise typer.Exit(code=run_demo(seconds=seconds, fmt=fmt.value, fetch=fetch))
+    raise typer.Exit(code=run_demo(file, out=out, seconds=seconds, fmt=fmt.value, fetch=fetch))
 
 
 def main() -> None:
