@@ -42,7 +42,7 @@ from consumer.errors import ModelLoadError, StemError, StemNotInModel
 from consumer.events import JobIds
 from consumer.manifest import MANIFEST_NAME, check_stems
 from consumer.pipeline import Pipeline, source_file_name
-from consumer.separation import DemucsSeparator
+from consumer.separation import DemucsSeparator, resolve_device
 from consumer.settings import Settings
 from consumer.storage import LocalBlobStore
 from stem_contracts import Job, StemsProcessed, encode
@@ -112,6 +112,7 @@ def _absolute(path: Path) -> Path:
 def load_model(settings: Settings) -> DemucsSeparator:
     """The worker's model loading; without a local folder and without the weights (no
     network), one clear failure that says what to do."""
+    resolve_device(settings.device)  # a missing GPU fails here, without the --repo hint
     if settings.model_repo is None and weights_cached(settings.model) is False:
         typer.echo(
             f"{settings.model}: weights not in the local cache; fetching them from the hub…",

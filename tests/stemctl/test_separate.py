@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from typer.testing import CliRunner, Result
 
 from consumer.runner import Worker
@@ -45,7 +46,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _written(folder: Path, fmt: str) -> list[str]:
+def _written(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
@@ -80,7 +81,7 @@ def test_separate_writes_the_very_stems_the_worker_writes_for_the_same_clip(
     # Then: the folder holds the stems and the manifest, which describes them.
     assert result.exit_code == 0, result.output
     folder = out / track_ids([source])[0]
-    assert _written(folder, stem_fmt) == _expected(stem_fmt)
+    assert _written(folder) == _expected(stem_fmt)
     local = decode_event((folder / "manifest.json").read_bytes())
     assert isinstance(local, StemsProcessed)
     assert local.model_version == "demucs-htdemucs-6s"
@@ -157,7 +158,7 @@ def test_bad_files_get_one_line_each_and_the_good_ones_are_still_written(
     good = track_ids([good_wav, good_mp3])
     assert sorted(p.name for p in out.iterdir()) == sorted(good)
     for track in good:
-        assert _written(out / track, "mp3") == _expected("mp3")
+        assert _written(out / track) == _expected("mp3")
 
 
 def test_stems_the_model_lacks_and_bitrates_mp3_lacks_are_usage_errors(
@@ -186,7 +187,17 @@ def test_only_the_requested_stems_are_written(
 
     assert result.exit_code == 0, result.output
     folder = out / track_ids([source])[0]
-    assert _written(folder, "wav") == ["bass.wav", "manifest.json", "vocals.wav"]
+    assert _written(folder) == ["bass.wav", "manifest.json", "vocals.wav"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_missing_gpu_is_one_line_that_says_so(clip: Callable[..., Path], tmp_path: Path) -> None:
+    result = separate(clip("wav", 1.0), "--out", tmp_path / "out", "--device", "cuda")
+
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [
+        "stemctl: device 'cuda' was requested but no CUDA device is available"
+    ]
 
 
 @pytest.mark.skipif(bool(weights_cached("htdemucs_6s")), reason="htdemucs_6s weights are cached")
