@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from stemctl.display import human_size
 from stemctl.support import CommandFailed, load_settings, operator_errors
 
 if TYPE_CHECKING:
@@ -161,8 +162,8 @@ def fetch(
     if into is None:
         return
     files = _export(separator.model, name, into)
-    size_mb = sum(path.stat().st_size for path in files) / 1e6
-    typer.echo(f"exported to {into}: {', '.join(p.name for p in files)} ({size_mb:.1f} MB)")
+    size = human_size(sum(path.stat().st_size for path in files))
+    typer.echo(f"exported to {into}: {', '.join(p.name for p in files)} ({size})")
     _verify_export(separator, name, into)
     typer.echo(
         f"verified: {into} holds the same weights; workers load them with no network "

@@ -25,7 +25,7 @@ from google.api_core import exceptions as gexc
 
 from consumer import gcp
 from consumer.settings import Settings
-from stemctl.display import terminal
+from stemctl.display import human_size, terminal
 from stemctl.dlq.letters import DeadLetter, Filters, Selection, format_age, parse_duration
 from stemctl.dlq.subscription import DlqSubscription, Replayed, check_topic, republish
 from stemctl.support import CommandFailed, load_settings, operator_errors
@@ -279,7 +279,7 @@ def _print_detail(detail: dict[str, Any]) -> None:
     width = max((len(k) for k in detail["attributes"]), default=0)
     for key, value in detail["attributes"].items():
         typer.echo(f"  {key.ljust(width)}  {value}")
-    typer.echo(f"data ({detail['dataEncoding']}, {detail['dataBytes']} bytes)")
+    typer.echo(f"data ({detail['dataEncoding']}, {human_size(detail['dataBytes'])})")
     data = detail["data"]
     text = (
         json.dumps(data, indent=2, ensure_ascii=False) if detail["dataEncoding"] == "json" else data
