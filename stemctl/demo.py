@@ -129,7 +129,7 @@ def run_demo(
 ) -> int:
     """Run the demo on ``file`` (default: a generated sample of ``seconds``); with ``out``,
     leave the stems in ``out/{track}/``. Returns the exit code (0 when it was separated)."""
-    console = Console()
+    console = Console(soft_wrap=True)  # piped output: long lines stay whole
     started = time.monotonic()
     track = track_ids([file])[0] if file is not None else "demo-track"
     with contextlib.ExitStack() as stack:
