@@ -109,7 +109,7 @@ def _absolute(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def load_model(settings: Settings) -> DemucsSeparator:
+def _load_model(settings: Settings) -> DemucsSeparator:
     """The worker's model loading; without a local folder and without the weights (no
     network), one clear failure that says what to do."""
     resolve_device(settings.device)  # a missing GPU fails here, without the --repo hint
@@ -146,7 +146,7 @@ def run_separate(
     stems: tuple[str, ...] | None,
 ) -> int:
     """Separate ``files`` into ``out``; returns the exit code (0 all done, 1 any failed)."""
-    separator = load_model(settings)
+    separator = _load_model(settings)
     try:
         check_stems(stems, settings.model, separator.sources)
     except StemNotInModel as exc:
