@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from consumer.delivery import Delivery, Outcome, observe
-from consumer.errors import BucketNotAllowed, InvalidMessage, StemNotInModel
+from consumer.errors import BucketNotAllowed, InvalidMessage
 from consumer.events import EventPublisher, JobIds, progress_reporter
-from consumer.manifest import existing_result, output_prefix
+from consumer.manifest import check_stems, existing_result, output_prefix
 from consumer.pipeline import Pipeline
 from consumer.reporting import report_failure
 from consumer.separation import Separator
@@ -140,9 +140,4 @@ class JobHandler:
             raise InvalidMessage(
                 f"model {job.model} is not served by this fleet (it runs {self.settings.model})"
             )
-        sources = self._separator.sources
-        missing = [s for s in job.stems or () if s not in sources]
-        if missing:
-            raise StemNotInModel(
-                f"stem {', '.join(missing)} not in model {job.model} (has {', '.join(sources)})"
-            )
+        check_stems(job.stems, job.model, self._separator.sources)

@@ -16,12 +16,14 @@ import logging
 from collections.abc import Sequence
 from typing import Final
 
+from consumer.errors import StemNotInModel
 from consumer.storage import BlobStore, join_uri
 from stem_contracts import ContractError, Job, StemsProcessed, decode_event
 
 __all__ = [
     "MANIFEST_NAME",
     "answers",
+    "check_stems",
     "existing_result",
     "output_prefix",
     "wanted_stems",
@@ -41,6 +43,15 @@ def output_prefix(job: Job, output_bucket: str) -> str:
 def wanted_stems(job: Job, sources: Sequence[str]) -> list[str]:
     """The requested stems in the model's order (all of them by default)."""
     return [s for s in sources if s in (job.stems or ())] or list(sources)
+
+
+def check_stems(stems: Sequence[str] | None, model: str, sources: Sequence[str]) -> None:
+    """Refuse requested stems the model does not have (``StemNotInModel``)."""
+    missing = [s for s in stems or () if s not in sources]
+    if missing:
+        raise StemNotInModel(
+            f"stem {', '.join(missing)} not in model {model} (has {', '.join(sources)})"
+        )
 
 
 def answers(event: StemsProcessed, job: Job, *, model_version: str, sources: Sequence[str]) -> bool:

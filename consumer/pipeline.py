@@ -31,9 +31,16 @@ from consumer.stems import DEFAULT_MEMORY_LIMIT_BYTES, StemSpool
 from consumer.storage import BlobStore, join_uri
 from stem_contracts import Job, SourceInfo, StemFile, StemsProcessed, split_gcs_uri
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "source_file_name"]
 
 _SOURCE_SUFFIXES: Final = {".wav": "wav", ".mp3": "mp3", ".flac": "flac"}
+
+
+def source_file_name(source_uri: str) -> str:
+    """The name of the pipeline's copy of the source: ``source`` plus the object's suffix
+    when it is an audio one (the decoder's error messages begin with this name)."""
+    suffix = Path(split_gcs_uri(source_uri)[1]).suffix.lower()
+    return f"source{suffix if suffix in _SOURCE_SUFFIXES else ''}"
 
 
 class Pipeline:
@@ -73,10 +80,9 @@ class Pipeline:
     ) -> StemsProcessed:
         """Separate ``job`` into its stems under ``prefix``; returns its manifest's event."""
         separator = self._separator
-        suffix = Path(split_gcs_uri(job.source_uri)[1]).suffix.lower()
         with tempfile.TemporaryDirectory(prefix="stem-job-", dir=self._workdir) as tmp:
             workdir = Path(tmp)
-            source_path = workdir / f"source{suffix if suffix in _SOURCE_SUFFIXES else ''}"
+            source_path = workdir / source_file_name(job.source_uri)
 
             with attempt.timed("download"):
                 self._store.download(

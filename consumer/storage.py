@@ -1,15 +1,21 @@
-"""Object storage: the ``BlobStore`` protocol the handler uses, and its GCS adapter.
+"""Object storage: the ``BlobStore`` protocol the handler uses, its GCS adapter, and a
+local-directory adapter for running the pipeline on local files.
 
-The adapter retries transient failures in place (tenacity, bounded), verifies crc32c on
+The GCS adapter retries transient failures in place (tenacity, bounded), verifies crc32c on
 every transfer, enforces the size cap from metadata *and* while streaming, and maps what
 is left onto the error taxonomy: a missing object is permanent, an unreachable service is
-transient.
+transient. The local adapter keeps what matters of that on a disk: the size cap while
+copying, every write verified by crc32c, an object that appears whole or not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import os
+import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +29,7 @@ from consumer.errors import AudioTooLarge, ChecksumMismatch, SourceMissing, Stor
 from stem_contracts import crc32c_b64, split_gcs_uri
 from stem_contracts.retry import retrying
 
-__all__ = ["BlobInfo", "BlobStore", "GcsBlobStore", "join_uri"]
+__all__ = ["BlobInfo", "BlobStore", "GcsBlobStore", "LocalBlobStore", "join_uri"]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -208,3 +214,119 @@ class GcsBlobStore:
                 retry=None,
             ),
         )
+
+
+class LocalBlobStore:
+    """:class:`BlobStore` on a local directory: ``gs://{bucket}/{path}`` is ``{root}/{path}``.
+
+    The wire contract knows only ``gs://`` URIs, so local files take part under one bucket
+    name of their own (``stemctl separate`` uses ``gs://local/{absolute path}`` over
+    ``/``); other buckets do not exist here. What matters of GCS is kept: the size cap
+    while copying; a missing object is ``SourceMissing``; each write goes to a temporary
+    file beside its target, is verified by crc32c against what was meant to be written,
+    reaches the disk (fsync) and is then renamed into place, so an object — the manifest,
+    the completion marker, included — is there whole or not at all. Any other failure of
+    the file system is ``StorageUnavailable`` with the operating system's reason.
+    """
+
+    def __init__(self, root: Path, *, bucket: str) -> None:
+        self.root = root
+        self.bucket = bucket
+
+    def uri(self, path: Path) -> str:
+        """The ``gs://`` URI of ``path``, which must lie under the root (absolute, normalised)."""
+        relative = path.relative_to(self.root).as_posix()
+        return f"gs://{self.bucket}/{relative}"
+
+    def path(self, uri: str) -> Path:
+        """The file that ``uri`` names; ``ValueError`` for another bucket or a path that
+        would leave the root (the contract refuses those too; this is the second lock)."""
+        bucket, name = split_gcs_uri(uri)
+        if bucket != self.bucket:
+            raise ValueError(f"{uri}: this local store serves only gs://{self.bucket}/")
+        parts = name.split("/")
+        if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"{uri}: not a plain object path")
+        return self.root.joinpath(*parts)
+
+    def stat(self, uri: str) -> BlobInfo | None:
+        bucket, _ = split_gcs_uri(uri)
+        if bucket != self.bucket:
+            return None  # as GCS answers for a bucket that does not exist
+        path = self.path(uri)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageUnavailable(f"stat {path}: {exc.strerror or exc}") from exc
+        if not path.is_file():
+            return None
+        # A disk keeps no checksum or content type: crc32c is computed on reading instead.
+        return BlobInfo(uri, size, None, None)
+
+    def download(self, uri: str, dest: Path, *, max_bytes: int) -> BlobInfo:
+        info = self.stat(uri)
+        if info is None:
+            where = self.path(uri) if split_gcs_uri(uri)[0] == self.bucket else uri
+            raise SourceMissing(f"{where} does not exist or is not a file")
+        path = self.path(uri)
+        if info.size_bytes > max_bytes:
+            raise AudioTooLarge(
+                f"{path} is {info.size_bytes} bytes, over STEM_MAX_AUDIO_BYTES={max_bytes}"
+            )
+        try:
+            with path.open("rb") as src, dest.open("wb") as raw:
+                # The cap holds while copying too: the file may grow after the stat.
+                shutil.copyfileobj(src, _CappedWriter(raw, max_bytes, str(path)))
+        except FileNotFoundError as exc:
+            raise SourceMissing(f"{path} disappeared while reading it") from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"read {path}: {exc.strerror or exc}") from exc
+        return BlobInfo(uri, dest.stat().st_size, crc32c_b64(dest), None)
+
+    def upload(self, src: Path, uri: str, *, content_type: str) -> BlobInfo:
+        expected = crc32c_b64(src)
+        self._write(uri, expected, lambda file: _copy_into(src, file))
+        return BlobInfo(uri, src.stat().st_size, expected, content_type)
+
+    def read_bytes(self, uri: str) -> bytes | None:
+        if self.stat(uri) is None:
+            return None
+        path = self.path(uri)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageUnavailable(f"read {path}: {exc.strerror or exc}") from exc
+
+    def write_bytes(self, uri: str, data: bytes, *, content_type: str) -> None:
+        self._write(uri, crc32c_b64(data), lambda file: file.write(data))
+
+    def _write(
+        self, uri: str, expected_crc32c: str, fill: Callable[[io.BufferedWriter], object]
+    ) -> None:
+        """Write through a temporary file beside the target, verified, synced, renamed."""
+        path = self.path(uri)
+        part = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with part.open("wb") as file:
+                fill(file)
+                file.flush()
+                os.fsync(file.fileno())
+            stored = crc32c_b64(part)
+            if stored != expected_crc32c:
+                raise ChecksumMismatch(f"write {path}: stored crc32c {stored} != {expected_crc32c}")
+            os.replace(part, path)
+        except OSError as exc:
+            raise StorageUnavailable(f"write {path}: {exc.strerror or exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                part.unlink(missing_ok=True)
+
+
+def _copy_into(src: Path, file: io.BufferedWriter) -> None:
+    with src.open("rb") as source:
+        shutil.copyfileobj(source, file)

@@ -77,19 +77,22 @@ class _Server:
         )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            code = self._process.poll()
+            if code is not None:
+                tail = self._log_tail()  # before stop() removes the log
                 self.stop()
                 raise EmulatorError(
-                    f"{self.name} exited with code {self._process.returncode} while starting "
-                    f"({' '.join(command)}):\n{self._log_tail()}"
+                    f"{self.name} exited with code {code} while starting "
+                    f"({' '.join(command)}):\n{tail}"
                 )
             if self._ready():
                 return self
             time.sleep(0.2)
+        tail = self._log_tail()
         self.stop()
         raise EmulatorError(
             f"{self.name} did not answer on 127.0.0.1:{self.port} within "
-            f"{self.start_timeout_s:.0f} s:\n{self._log_tail()}"
+            f"{self.start_timeout_s:.0f} s:\n{tail}"
         )
 
     def stop(self) -> None:
@@ -106,6 +109,10 @@ class _Server:
         if self._log is not None:
             self._log.close()
             self._log = None
+        # Nothing of a stopped server stays behind; a failed start put its log's tail into
+        # the error first.
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         return self.start()

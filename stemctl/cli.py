@@ -23,10 +23,19 @@ from stem_contracts import (
     ResultSubscriber,
     StemsFailed,
 )
+from stemctl.display import progress_bars
 from stemctl.dlq.commands import dlq_app
-from stemctl.model import model_app
-from stemctl.results import event_line, results_subscription, wait_for_result
-from stemctl.support import StemFormat, load_settings, operator_errors
+from stemctl.model import ModelName, ModelRepo, model_app
+from stemctl.results import event_line, results_subscription, show_progress, wait_for_result
+from stemctl.support import (
+    MP3_BITRATES,
+    Device,
+    StemFormat,
+    check_mp3_bitrate,
+    load_settings,
+    operator_errors,
+    stem_list,
+)
 
 __all__ = ["app", "main"]
 
@@ -100,7 +109,12 @@ def submit(
     ] = None,
     output_uri: Annotated[str | None, typer.Option("--output-uri")] = None,
     wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for the job's final result event and print it.")
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait for the job's final result event and print it; meanwhile a progress "
+            "bar fed by its stems.progress events (plain lines on stderr off a terminal).",
+        ),
     ] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds --wait waits.")] = 600.0,
 ) -> None:
@@ -115,12 +129,16 @@ def submit(
             track_id=track_id,
             job_id=job_id or uuid.uuid4().hex,
             fmt=fmt.value,
-            stems=tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None,
+            stems=stem_list(stems),
             output_uri=output_uri,
         )
         if results is None:
             return
-        final = wait_for_result(settings, results, job.job_id, timeout)
+        with progress_bars() as bars:
+            bar = bars.add(f"job {job.job_id}", phase="queued")
+            final = wait_for_result(
+                settings, results, job.job_id, timeout, on_event=show_progress(bar)
+            )
     typer.echo(event_line(final))
     if isinstance(final, StemsFailed):
         raise typer.Exit(code=1)
@@ -188,22 +206,123 @@ def results_tail(
 
 @app.command()
 @operator_errors
+def separate(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="wav, mp3 or flac files.", metavar="FILE", show_default=False),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Each FILE's stems go to OUT/{track}/."),
+    ] = Path("separated"),
+    model: ModelName = None,
+    repo: ModelRepo = None,
+    device: Annotated[
+        Device | None,
+        typer.Option("--device", "-d", help="Default: STEM_DEVICE (auto: cuda when available)."),
+    ] = None,
+    fmt: Annotated[
+        StemFormat, typer.Option("--format", help="Stem format (mp3 is CBR; wav/flac 16-bit).")
+    ] = StemFormat.mp3,
+    mp3_bitrate: Annotated[
+        int,
+        typer.Option(
+            "--mp3-bitrate",
+            help=f"kbit/s: {', '.join(map(str, MP3_BITRATES))}.",
+            callback=check_mp3_bitrate,
+        ),
+    ] = 320,
+    stems: Annotated[
+        str | None, typer.Option("--stems", help="Comma list, e.g. vocals,drums. Default: all.")
+    ] = None,
+) -> None:
+    """Separate local files with the worker's own pipeline: no Pub/Sub, no GCS.
+
+    Each FILE becomes OUT/{track}/{stem}.{ext} plus OUT/{track}/manifest.json (what a
+    worker publishes as stems.processed; its URIs are gs://local/{absolute path}), track
+    being the file's name made a valid id (song.flac → OUT/song/). Files run one at a time
+    with a progress bar each, then a summary table. A file that fails (missing, corrupt,
+    unsupported, too long, too large) gets one line on stderr and the others go on; the
+    exit code is 1 when any failed. The worker's STEM_* settings apply (e.g.
+    STEM_MAX_AUDIO_SECONDS).
+
+    The model is the worker's: --model (STEM_MODEL, htdemucs_6s) from --repo
+    (STEM_MODEL_REPO), else from the hub, downloaded once into its cache like demucs does.
+    Offline without cached weights it fails and asks for --repo; unlike `stemctl demo` it
+    never runs a stand-in model, because its stems are the result.
+    """
+    from stemctl.separate import run_separate
+
+    settings = load_settings()
+    overrides: dict[str, Any] = {
+        "model": model,
+        "model_repo": repo,
+        "device": device.value if device is not None else None,
+    }
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    raise typer.Exit(
+        code=run_separate(
+            files,
+            out=out,
+            settings=settings,
+            fmt=fmt.value,
+            mp3_bitrate=mp3_bitrate,
+            stems=stem_list(stems),
+        )
+    )
+
+
+@app.command()
+@operator_errors
 def demo(
-    seconds: Annotated[float, typer.Option("--seconds", help="Length of the sample.")] = 4.0,
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A wav, mp3 or flac file of yours. Default: a generated multi-instrument "
+            "sample of --seconds.",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Download the stems and manifest.json from the fake GCS into OUT/{track}/ "
+            "to listen to. Default: keep nothing.",
+            show_default=False,
+        ),
+    ] = None,
+    seconds: Annotated[
+        float, typer.Option("--seconds", help="Length of the generated sample.")
+    ] = 4.0,
     fmt: Annotated[StemFormat, typer.Option("--format")] = StemFormat.mp3,
     fetch: Annotated[
         bool, typer.Option("--fetch", help="Download htdemucs_6s weights when not cached.")
     ] = False,
 ) -> None:
-    """Start the emulators, provision, run a worker, separate a generated sample, stop."""
+    """Run the whole fleet on this machine on FILE (or a generated sample), then stop it.
+
+    Starts the Pub/Sub emulator and fake-gcs-server, provisions, runs a worker, submits the
+    file with JobPublisher, follows its progress, shows the stems (with --out, downloads
+    them), and stops the worker and emulators and removes its temporary files.
+
+    Uses STEM_MODEL_REPO when set, else htdemucs_6s' cached weights (--fetch downloads
+    them). Without either it says so and runs htdemucs_6s_tiny, a small model of the same
+    architecture with random weights: the pipeline is real, its stems are not music.
+    """
     from stemctl.demo import run_demo
 
-    raise typer.Exit(code=run_demo(seconds=seconds, fmt=fmt.value, fetch=fetch))
+    raise typer.Exit(code=run_demo(file, out=out, seconds=seconds, fmt=fmt.value, fetch=fetch))
 
 
 def main() -> None:
-    # Logging is configured here, in the entry point, and nowhere else. The demo talks to
-    # a person: it shows progress itself and only warnings from the logs.
-    demo = len(sys.argv) > 1 and sys.argv[1] == "demo"
-    configure_logging(logging.WARNING if demo else logging.INFO)
+    # Logging is configured here, in the entry point, and nowhere else. The demo and
+    # separate talk to a person: they show progress themselves and only warnings from the
+    # logs.
+    quiet = len(sys.argv) > 1 and sys.argv[1] in ("demo", "separate")
+    configure_logging(logging.WARNING if quiet else logging.INFO)
     app()

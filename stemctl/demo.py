@@ -1,55 +1,51 @@
-"""``stemctl demo``: the whole pipeline on one machine, started and stopped by itself.
+"""``stemctl demo``: the whole fleet on one machine, started and stopped by itself.
 
-Pub/Sub emulator + fake-gcs-server → ``infra apply`` → a worker (in this process) →
-a generated multi-instrument sample submitted with ``JobPublisher.submit_file`` → wait for
-``stems.processed`` → a table of the stems → everything stopped again.
+Pub/Sub emulator + fake-gcs-server → ``infra apply`` → a worker (in this process) → the
+user's file, or a generated multi-instrument sample, submitted with
+``JobPublisher.submit_file`` → a progress bar fed by ``stems.progress`` until
+``stems.processed`` → a table of the stems → with ``--out``, the stems and
+``manifest.json`` downloaded from fake-gcs-server (crc32c and sha256 checked) → everything
+stopped again: worker, emulators, temporary files, and the environment variables it set.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 import soundfile as sf
 from rich.console import Console
-from rich.table import Table
 
 from consumer import gcp
 from consumer.app import build_worker, load_separator
+from consumer.manifest import MANIFEST_NAME, output_prefix
 from consumer.settings import Settings
+from consumer.storage import GcsBlobStore, join_uri
 from devkit.emulators import FakeGcsServer, PubSubEmulator
 from devkit.models import write_local_model
 from devkit.synth import multi_instrument_mix
 from infra.provision import apply
-from stem_contracts import JobPublisher, StemsProcessed
-from stemctl.results import results_subscription, wait_for_result
+from stem_contracts import Job, JobPublisher, StemsProcessed
+from stemctl.display import human_duration, human_size, print_table, progress_bars
+from stemctl.model import weights_cached
+from stemctl.results import event_line, results_subscription, show_progress, wait_for_result
+from stemctl.support import CommandFailed, track_ids
 
 __all__ = ["DEMO_FALLBACK_MODEL", "choose_model", "run_demo"]
 
-DEMO_FALLBACK_MODEL = "htdemucs_6s_tiny"
+DEMO_FALLBACK_MODEL: Final = "htdemucs_6s_tiny"
 """A small HTDemucs with htdemucs_6s's six sources and random weights (modelVersion
 ``demucs-htdemucs-6s-tiny``): real Demucs code, stems without musical meaning."""
 
-# The hub checkpoint of htdemucs_6s (Demucs' remote files list), as cached by torch.hub.
-_HTDEMUCS_6S_CHECKPOINT = "5c90dfd2-34c22ccb.th"
-
-
-def _weights_cached(model: str) -> bool:
-    import torch
-
-    if model != "htdemucs_6s":
-        return False
-    checkpoint = Path(torch.hub.get_dir()) / "checkpoints" / _HTDEMUCS_6S_CHECKPOINT
-    try:
-        from huggingface_hub import constants
-
-        hf_cached = (Path(constants.HF_HUB_CACHE) / "models--adefossez--HTDemucs-6s").is_dir()
-    except ImportError:  # pragma: no cover - a dependency of demucs
-        hf_cached = False
-    return checkpoint.is_file() or hf_cached
+_PROGRESS_INTERVAL_S: Final = 0.5
+"""The demo worker's STEM_PROGRESS_INTERVAL_S: often enough for a bar to move."""
 
 
 def choose_model(settings: Settings, *, fetch: bool, cache_dir: Path) -> tuple[Settings, str]:
@@ -60,7 +56,7 @@ def choose_model(settings: Settings, *, fetch: bool, cache_dir: Path) -> tuple[S
     """
     if settings.model_repo is not None:
         return settings, f"{settings.model} from the local folder {settings.model_repo}"
-    if _weights_cached(settings.model):
+    if weights_cached(settings.model):
         return settings, f"{settings.model} with pretrained weights from the local cache"
     if fetch:
         return settings, f"{settings.model} with pretrained weights from the hub (downloading)"
@@ -73,42 +69,83 @@ def choose_model(settings: Settings, *, fetch: bool, cache_dir: Path) -> tuple[S
     return settings.model_copy(update={"model": DEMO_FALLBACK_MODEL, "model_repo": folder}), note
 
 
-def _stem_table(event: StemsProcessed) -> Table:
-    table = Table(title=f"stems.processed — {event.model_version}, job {event.job_id}")
-    for column in ("stem", "size", "duration", "uri"):
-        table.add_column(
-            column,
-            justify="right" if column in ("size", "duration") else "left",
-            overflow="fold",
-        )
+def _show_stems(event: StemsProcessed) -> None:
+    print_table(
+        ["stem", "size", "duration", "uri"],
+        [
+            [
+                stem.name,
+                human_size(stem.size_bytes),
+                human_duration(stem.duration_seconds),
+                stem.uri,
+            ]
+            for stem in event.stems
+        ],
+        title=f"stems.processed — {event.model_version}, job {event.job_id}",
+        right={"size", "duration"},
+    )
+
+
+def download_stems(settings: Settings, job: Job, event: StemsProcessed, folder: Path) -> None:
+    """Copy the job's stems and ``manifest.json`` from the store into ``folder``; each stem
+    is crc32c-checked while downloading and must have the sha256 the event reports."""
+    store = GcsBlobStore(gcp.storage_client(settings))
+    folder.mkdir(parents=True, exist_ok=True)
     for stem in event.stems:
-        table.add_row(
-            stem.name,
-            f"{stem.size_bytes / 1024:.1f} KiB",
-            f"{stem.duration_seconds:.2f} s",
-            stem.uri,
-        )
-    return table
+        dest = folder / f"{stem.name}.{stem.format}"
+        store.download(stem.uri, dest, max_bytes=stem.size_bytes)
+        with dest.open("rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+        if digest != stem.sha256:
+            raise CommandFailed(f"{stem.uri}: sha256 {digest}, the manifest says {stem.sha256}")
+    manifest = store.read_bytes(join_uri(output_prefix(job, settings.output_bucket), MANIFEST_NAME))
+    if manifest is None:
+        raise CommandFailed(f"{job.job_id}: stems.processed arrived but its manifest is missing")
+    (folder / MANIFEST_NAME).write_bytes(manifest)
 
 
-def run_demo(*, seconds: float = 4.0, fmt: str = "mp3", fetch: bool = False) -> int:
-    """Run the demo; returns the exit code (0 when the sample was separated)."""
-    console = Console()
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables (the client libraries read them) and restore them after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_demo(
+    file: Path | None = None,
+    *,
+    out: Path | None = None,
+    seconds: float = 4.0,
+    fmt: str = "mp3",
+    fetch: bool = False,
+) -> int:
+    """Run the demo on ``file`` (default: a generated sample of ``seconds``); with ``out``,
+    leave the stems in ``out/{track}/``. Returns the exit code (0 when it was separated)."""
+    console = Console(soft_wrap=True)  # piped output: long lines stay whole
     started = time.monotonic()
-    with (
-        tempfile.TemporaryDirectory(prefix="stem-demo-") as tmp,
-        console.status("starting the Pub/Sub emulator and fake-gcs-server…"),
-        PubSubEmulator() as pubsub,
-        FakeGcsServer() as gcs,
-    ):
-        # The client libraries read these; the settings object gets the same values.
-        os.environ["PUBSUB_EMULATOR_HOST"] = pubsub.host
-        os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
+    track = track_ids([file])[0] if file is not None else "demo-track"
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="stem-demo-")))
+        with console.status("starting the Pub/Sub emulator and fake-gcs-server…"):
+            pubsub = stack.enter_context(PubSubEmulator())
+            gcs = stack.enter_context(FakeGcsServer())
+        stack.enter_context(
+            _environment(PUBSUB_EMULATOR_HOST=pubsub.host, STORAGE_EMULATOR_HOST=gcs.url)
+        )
         settings = Settings(
             project="stem-demo",
             pubsub_emulator_host=pubsub.host,
             storage_emulator_host=gcs.url,
             metrics_port=0,
+            progress_interval_s=_PROGRESS_INTERVAL_S,
         )
         console.print(f"[green]✓[/] Pub/Sub emulator {pubsub.host}, fake-gcs-server {gcs.url}")
         settings, note = choose_model(
@@ -134,8 +171,12 @@ def run_demo(*, seconds: float = 4.0, fmt: str = "mp3", fetch: bool = False) -> 
         worker.ready.wait(30)
         console.print("[green]✓[/] worker pulling from stem-separate")
 
-        sample = Path(tmp) / "demo-sample.wav"
-        sf.write(sample, multi_instrument_mix(seconds).T, 44100, subtype="PCM_16")
+        if file is None:
+            source = tmp / "demo-sample.wav"
+            sf.write(source, multi_instrument_mix(seconds).T, 44100, subtype="PCM_16")
+            what = f"a generated {seconds:g} s sample"
+        else:
+            source, what = file, str(file)
         submitted_at = time.monotonic()
         try:
             with results_subscription(settings) as results:
@@ -145,26 +186,39 @@ def run_demo(*, seconds: float = 4.0, fmt: str = "mp3", fetch: bool = False) -> 
                     storage_client=gcp.storage_client(settings),
                 ) as jobs:
                     submitted = jobs.submit_file(
-                        sample,
-                        track_id="demo-track",
+                        source,
+                        track_id=track,
                         model=settings.model,
                         format=fmt,  # type: ignore[arg-type]
                     )
-                console.print(
-                    f"[green]✓[/] submitted {seconds:g} s sample as job {submitted.job.job_id}"
-                )
-                final = wait_for_result(settings, results, submitted.job.job_id, timeout=600)
+                console.print(f"[green]✓[/] submitted {what} as job {submitted.job.job_id}")
+                with progress_bars() as bars:
+                    bar = bars.add(f"job {submitted.job.job_id}", phase="queued")
+                    final = wait_for_result(
+                        settings,
+                        results,
+                        submitted.job.job_id,
+                        timeout=600,
+                        on_event=show_progress(bar),
+                    )
         finally:
             worker.request_stop("demo finished")
             thread.join(60)
         elapsed = time.monotonic() - submitted_at
         if not isinstance(final, StemsProcessed):
-            console.print(f"[red]✗ job failed:[/] {final.model_dump_json(by_alias=True)}")
+            console.print(f"[red]✗ job failed:[/] {event_line(final)}")
             return 1
-        console.print(_stem_table(final))
+        _show_stems(final)
         console.print(
-            f"end to end {elapsed:.2f} s for {seconds:g} s of audio "
-            f"(worker {final.processing_time_ms} ms); demo total {time.monotonic() - started:.1f} s"
+            f"end to end {elapsed:.2f} s for {human_duration(final.source.duration_seconds)} "
+            f"of audio (worker {final.processing_time_ms} ms); "
+            f"demo total {time.monotonic() - started:.1f} s"
         )
+        if out is not None:
+            folder = Path(os.path.abspath(out)) / track
+            download_stems(settings, submitted.job, final, folder)
+            console.print(
+                f"[green]✓[/] {len(final.stems)} stems and {MANIFEST_NAME} downloaded to {folder}"
+            )
     console.print("[green]✓[/] worker, emulators and temporary files stopped and removed")
     return 0

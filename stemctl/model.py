@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from stemctl.display import human_size
 from stemctl.support import CommandFailed, load_settings, operator_errors
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from consumer.separation import DemucsSeparator
 
-__all__ = ["ModelInfo", "model_app"]
+__all__ = ["ModelInfo", "ModelName", "ModelRepo", "model_app", "weights_cached"]
 
 model_app = typer.Typer(
     help="Fetch, export and inspect the Demucs model weights.", no_args_is_help=True
@@ -50,7 +51,10 @@ _EXPORT_NAME = re.compile(r"[A-Za-z0-9_]+")
 ModelName = Annotated[
     str | None,
     typer.Option(
-        "--model", help="Demucs model name. Default: STEM_MODEL (htdemucs_6s).", show_default=False
+        "--model",
+        "-n",
+        help="Demucs model name. Default: STEM_MODEL (htdemucs_6s).",
+        show_default=False,
     ),
 ]
 ModelRepo = Annotated[
@@ -62,6 +66,27 @@ ModelRepo = Annotated[
         show_default=False,
     ),
 ]
+
+
+# The hub checkpoint of htdemucs_6s (Demucs' remote files list), as cached by torch.hub.
+_HTDEMUCS_6S_CHECKPOINT = "5c90dfd2-34c22ccb.th"
+
+
+def weights_cached(model: str) -> bool | None:
+    """Whether the hub weights of ``model`` are in the local caches (HuggingFace's or torch
+    hub's), so loading it needs no network; ``None`` for a model this does not know."""
+    import torch
+
+    if model != "htdemucs_6s":
+        return None
+    checkpoint = Path(torch.hub.get_dir()) / "checkpoints" / _HTDEMUCS_6S_CHECKPOINT
+    try:
+        from huggingface_hub import constants
+
+        hf_cached = (Path(constants.HF_HUB_CACHE) / "models--adefossez--HTDemucs-6s").is_dir()
+    except ImportError:  # pragma: no cover - a dependency of demucs
+        hf_cached = False
+    return checkpoint.is_file() or hf_cached
 
 
 @dataclass(frozen=True)
@@ -137,8 +162,8 @@ def fetch(
     if into is None:
         return
     files = _export(separator.model, name, into)
-    size_mb = sum(path.stat().st_size for path in files) / 1e6
-    typer.echo(f"exported to {into}: {', '.join(p.name for p in files)} ({size_mb:.1f} MB)")
+    size = human_size(sum(path.stat().st_size for path in files))
+    typer.echo(f"exported to {into}: {', '.join(p.name for p in files)} ({size})")
     _verify_export(separator, name, into)
     typer.echo(
         f"verified: {into} holds the same weights; workers load them with no network "

@@ -5,14 +5,29 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from consumer import gcp
 from consumer.settings import Settings
-from stem_contracts import ResultEvent, ResultSubscriber, StemsFailed, StemsProcessed
+from stem_contracts import (
+    ResultEvent,
+    ResultSubscriber,
+    StemsFailed,
+    StemsProcessed,
+    StemsProcessing,
+    StemsProgress,
+)
+from stemctl.display import Bar
 
-__all__ = ["WaitTimeout", "event_line", "is_final", "results_subscription", "wait_for_result"]
+__all__ = [
+    "WaitTimeout",
+    "event_line",
+    "is_final",
+    "results_subscription",
+    "show_progress",
+    "wait_for_result",
+]
 
 
 class WaitTimeout(RuntimeError):
@@ -56,19 +71,54 @@ def is_final(event: ResultEvent) -> bool:
 
 
 def wait_for_result(
-    settings: Settings, results: tuple[Any, str], job_id: str, timeout: float
+    settings: Settings,
+    results: tuple[Any, str],
+    job_id: str,
+    timeout: float,
+    *,
+    on_event: Callable[[ResultEvent], None] | None = None,
 ) -> ResultEvent:
+    """Wait for the final event of ``job_id`` (``stems.processed``, or a final
+    ``stems.failed``); ``on_event`` sees each of the job's events until then, in arrival
+    order (``stems.progress`` included), from the subscriber's threads."""
     client, name = results
     seen: list[ResultEvent] = []
     done = threading.Event()
+    lock = threading.Lock()
 
-    def on_event(event: ResultEvent) -> None:
-        if event.job_id == job_id:
+    def receive(event: ResultEvent) -> None:
+        if event.job_id != job_id:
+            return
+        with lock:  # callbacks run on several threads; nothing is shown after the end
+            if done.is_set():
+                return
+            if on_event is not None:
+                on_event(event)
             seen.append(event)
             if is_final(event):
                 done.set()
 
-    with ResultSubscriber(settings.require_project(), name, on_event=on_event, subscriber=client):
+    with ResultSubscriber(settings.require_project(), name, on_event=receive, subscriber=client):
         if not done.wait(timeout):
             raise WaitTimeout(f"no final result for job {job_id} within {timeout:.0f} s")
     return seen[-1]
+
+
+def show_progress(bar: Bar) -> Callable[[ResultEvent], None]:
+    """An ``on_event`` for :func:`wait_for_result` that moves ``bar`` with the job's events:
+    ``stems.processing`` starts an attempt, ``stems.progress`` moves the bar, the final
+    event ends it."""
+
+    def show(event: ResultEvent) -> None:
+        if isinstance(event, StemsProcessing):
+            bar.update(phase=f"processing (attempt {event.attempt})")
+        elif isinstance(event, StemsProgress):
+            bar.update(event.percent / 100, phase="separating")
+        elif isinstance(event, StemsProcessed):
+            bar.finish("processed")
+        elif event.final:
+            bar.finish(f"failed: {event.error.code}")
+        else:
+            bar.update(phase=f"attempt {event.attempt} failed ({event.error.code}); retrying")
+
+    return show

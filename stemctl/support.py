@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final, ParamSpec, TypeVar, get_args
 
 import click
 import typer
@@ -15,8 +18,19 @@ from pydantic import ValidationError
 
 from consumer.errors import FatalWorkerError
 from consumer.settings import Settings
+from stem_contracts import Job
 
-__all__ = ["CommandFailed", "StemFormat", "load_settings", "operator_errors"]
+__all__ = [
+    "MP3_BITRATES",
+    "CommandFailed",
+    "Device",
+    "StemFormat",
+    "check_mp3_bitrate",
+    "load_settings",
+    "operator_errors",
+    "stem_list",
+    "track_ids",
+]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -26,6 +40,29 @@ class StemFormat(enum.StrEnum):
     mp3 = "mp3"
     wav = "wav"
     flac = "flac"
+
+
+class Device(enum.StrEnum):
+    auto = "auto"
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+MP3_BITRATES: Final[tuple[int, ...]] = get_args(Job.model_fields["mp3_bitrate"].annotation)
+"""The MPEG-1 layer III bitrates a job may ask for (kbit/s), as the contract lists them."""
+
+
+def check_mp3_bitrate(value: int) -> int:
+    """A typer callback: a bitrate outside :data:`MP3_BITRATES` is a usage error."""
+    if value not in MP3_BITRATES:
+        raise typer.BadParameter(f"{value} is not one of {', '.join(map(str, MP3_BITRATES))}")
+    return value
+
+
+def stem_list(stems: str | None) -> tuple[str, ...] | None:
+    """``"vocals, drums"`` → ``("vocals", "drums")``; ``None`` (all stems) when empty."""
+    names = tuple(s.strip() for s in (stems or "").split(",") if s.strip())
+    return names or None
 
 
 class CommandFailed(Exception):
@@ -72,3 +109,18 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise CommandFailed(f"invalid settings: {exc}") from exc
+
+
+def track_ids(files: Sequence[Path]) -> list[str]:
+    """A valid, distinct track id (the contract's ``trackId`` pattern) per file, from its
+    name: ``Café Song (live).flac`` → ``Cafe-Song-live``; a second ``song`` → ``song-2``."""
+    ids: list[str] = []
+    for file in files:
+        ascii_name = unicodedata.normalize("NFKD", file.stem).encode("ascii", "ignore").decode()
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_name).strip("._-")[:120] or "track"
+        candidate, n = base, 1
+        while candidate in ids:
+            n += 1
+            candidate = f"{base}-{n}"
+        ids.append(candidate)
+    return ids

@@ -25,6 +25,7 @@ from google.api_core import exceptions as gexc
 
 from consumer import gcp
 from consumer.settings import Settings
+from stemctl.display import human_size, terminal
 from stemctl.dlq.letters import DeadLetter, Filters, Selection, format_age, parse_duration
 from stemctl.dlq.subscription import DlqSubscription, Replayed, check_topic, republish
 from stemctl.support import CommandFailed, load_settings, operator_errors
@@ -83,11 +84,6 @@ def _filters(
 
 
 # --- plumbing -----------------------------------------------------------------------------
-
-
-def _terminal() -> bool:
-    """Whether stdout is a terminal (rich tables, progress bar)."""
-    return sys.stdout.isatty()
 
 
 def _interactive() -> bool:
@@ -203,7 +199,7 @@ def _print_table(letters: Sequence[DeadLetter], now: datetime) -> None:
     rows = [list(_COLUMNS), *(_row(letter, now) for letter in letters)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     messages = [_short(letter.reason.message) for letter in letters]
-    if _terminal():
+    if terminal():
         from rich import box
         from rich.console import Console
         from rich.table import Table
@@ -283,12 +279,12 @@ def _print_detail(detail: dict[str, Any]) -> None:
     width = max((len(k) for k in detail["attributes"]), default=0)
     for key, value in detail["attributes"].items():
         typer.echo(f"  {key.ljust(width)}  {value}")
-    typer.echo(f"data ({detail['dataEncoding']}, {detail['dataBytes']} bytes)")
+    typer.echo(f"data ({detail['dataEncoding']}, {human_size(detail['dataBytes'])})")
     data = detail["data"]
     text = (
         json.dumps(data, indent=2, ensure_ascii=False) if detail["dataEncoding"] == "json" else data
     )
-    if _terminal() and detail["dataEncoding"] == "json":
+    if terminal() and detail["dataEncoding"] == "json":
         from rich.console import Console
 
         Console().print_json(text)
@@ -334,7 +330,7 @@ def _replay_with_progress(
 ) -> None:
     """Republish, adding to ``outcomes`` as confirmations come (an interrupted replay
     still knows what it did); on a terminal behind a progress bar, else a line each."""
-    if not _terminal():
+    if not terminal():
 
         def report(outcome: Replayed) -> None:
             outcomes.append(outcome)
