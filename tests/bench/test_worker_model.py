@@ -1,0 +1,50 @@
+"""The worker model behind the capacity figures: it must reproduce the bounds it claims."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.worker_model import JobCosts, WorkerShape, simulate
+
+GPU = JobCosts(decode_core_s=0.005, host_core_s=0.003, encode_core_s=0.02, device_s=1 / 50)
+
+
+def test_a_slow_device_with_cores_to_spare_runs_at_the_device_rate() -> None:
+    result = simulate(GPU, WorkerShape(cores=32, encode_workers=32, in_flight=2))
+    assert result.throughput == pytest.approx(50, rel=0.01)
+    assert result.bound == "device"
+
+
+def test_a_fast_device_is_held_back_by_the_cores() -> None:
+    fast = JobCosts(0.005, 0.003, 0.02, device_s=1 / 2000)
+    result = simulate(fast, WorkerShape(cores=4, encode_workers=4, in_flight=4))
+    assert result.throughput == pytest.approx(4 / fast.cpu_core_s(), rel=0.02)
+    assert result.cores_busy == pytest.approx(4, rel=0.02)
+    assert result.bound == "cpu/pipeline"
+
+
+def test_two_jobs_in_flight_cap_the_encoding_a_big_node_can_do() -> None:
+    """With two jobs leased, at most two jobs' six stems encode at once: 32 cores do not
+    help beyond that, and a third job in flight does."""
+    fast = JobCosts(0.005, 0.003, 0.02, device_s=1 / 2000)
+    two = simulate(fast, WorkerShape(cores=32, encode_workers=32, in_flight=2))
+    four = simulate(fast, WorkerShape(cores=32, encode_workers=32, in_flight=4))
+    assert two.cores_busy < 14
+    assert four.throughput > 1.5 * two.throughput
+
+
+def test_an_encode_pool_smaller_than_six_stems_serialises_them() -> None:
+    fast = JobCosts(0.0, 0.0, 0.02, device_s=1 / 2000)
+    one = simulate(fast, WorkerShape(cores=8, encode_workers=1, in_flight=2))
+    assert one.throughput == pytest.approx(1 / 0.02, rel=0.02)
+
+
+def test_on_a_cpu_node_the_forward_shares_the_cores_with_the_pipeline() -> None:
+    cpu = JobCosts(0.005, 0.003, 0.02, device_s=None, forward_core_s=0.5)
+    result = simulate(cpu, WorkerShape(cores=4, encode_workers=4, in_flight=2, forward_threads=4))
+    assert result.throughput == pytest.approx(4 / cpu.cpu_core_s(), rel=0.03)
+
+
+def test_nonsense_shapes_are_refused() -> None:
+    with pytest.raises(ValueError, match="invalid worker shape"):
+        simulate(GPU, WorkerShape(cores=0, encode_workers=1))
