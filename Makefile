@@ -81,7 +81,7 @@ gpu-wheels: install ## bench/wheels/: the wheels bench/gpu_check.sh installs on 
 	$(BIN)/python -m bench.gpu_wheels bench/wheels $(GPU_PYTHON)
 
 gpu-check-smoke: install ## bench/gpu_check.sh --device cpu --smoke: the GPU check's plumbing, on this CPU
-	PYTHON=$(BIN)/python bash bench/gpu_check.sh --device cpu --smoke
+	PYTHON=$(BIN)/python GPU_CHECK_WHEELS=$(CURDIR)/.no-wheels bash bench/gpu_check.sh --device cpu --smoke
 
 reliability: install ## chaos, resource, bad-input and security suite (CI-sized); rewrites its table in docs/reliability.md
 	rm -rf $(RELIABILITY_FIGURES)/ci

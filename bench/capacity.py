@@ -53,6 +53,12 @@ CPU_POD_VCPUS: Final = 4
 """CPU-only nodes run one worker per this many vCPUs (one separation at a time per
 worker; torch's scaling beyond a few threads on this model is unmeasured here)."""
 TRACK_S: Final = 240.0
+CPU_PATHS: Final = {
+    "fp32": "fp32 eager, today",
+    "bf16-autocast": "bf16 autocast, patch",
+    "openvino-bf16": "OpenVINO bf16, patch",
+}
+"""The CPU forwards planned for CPU-only nodes (``bench cpu-path`` variants)."""
 CURRENT_IN_FLIGHT: Final = 2
 MIN_SNR_DB: Final = 40.0
 
@@ -595,16 +601,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     by_quality = {q: job_costs(costs_report, q) for q in qualities}
     forward = {
         name: cpu_forward_core_s(cpu_path, name)
-        for name in ("fp32", "bf16-autocast")
+        for name in CPU_PATHS
         if any(r["name"] == name and "cpu_s_per_forward" in r for r in cpu_path["variants"])
     }
     for quality in qualities:
         costs = by_quality[quality]
         for shape in shapes:
             if shape.accelerator is None:
-                device = DeviceRate(None, "the CPU (fp32 eager)", "fp32")
-                cpu_fp32 = cpu_forward_core_s(cpu_path, "fp32")
-                plans.append(plan(shape, costs, device, quality=quality, cpu_forward=cpu_fp32))
+                # Today's fp32 eager forward, and the faster CPU paths bench/PRODUCT_PATCH.diff
+                # would enable (as separate rows, named for the path).
+                for variant, label in CPU_PATHS.items():
+                    if variant not in forward:
+                        continue
+                    named = (
+                        shape
+                        if variant == "fp32"
+                        else replace(shape, machine=f"{shape.machine} ({label})")
+                    )
+                    device = DeviceRate(None, f"the CPU ({variant})", variant)
+                    plans.append(
+                        plan(named, costs, device, quality=quality, cpu_forward=forward[variant])
+                    )
             else:
                 device = device_rate(
                     shape.accelerator,

@@ -15,8 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 SITE=${GPU_CHECK_SITE:-/tmp/stem-fleet-site}
+WHEELS=${GPU_CHECK_WHEELS:-bench/wheels}   # an empty folder: use the running Python as it is
 shopt -s nullglob
-wheels=(bench/wheels/*.whl)
+wheels=("$WHEELS"/*.whl)
 if ((${#wheels[@]})); then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$SITE" "${wheels[@]}"

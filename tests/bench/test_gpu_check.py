@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.timeout(120)
 def test_gpu_check_smoke_on_cpu_writes_the_table_and_json(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_SITE": str(tmp_path / "site")}
+    # This Python has the project installed: no wheels (bench/wheels, if made here, are
+    # for the GPU machine's Python).
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_WHEELS": str(tmp_path)}
     done = subprocess.run(
         [
             "bash",
