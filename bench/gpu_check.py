@@ -224,7 +224,7 @@ def run_gpu_check(
     console.print(f"device {target}: reference (apply_model fp32) on {seconds:g} s")
     reference = _reference(base, mix)
     del base
-    rows = []
+    rows: list[dict[str, Any]] = []
     for precision in ("fp32", "bf16"):
         for batch in (1, 0):
             if batch == 0 and target.type == "cpu":

@@ -39,12 +39,11 @@ def _costs_report() -> dict[str, Any]:
     }
 
 
-def test_job_costs_put_what_the_whole_handler_spends_beyond_the_parts_on_the_host() -> None:
+def test_job_costs_are_the_sum_of_the_measured_parts() -> None:
     costs = job_costs(_costs_report(), 2)
     assert costs.encode_core_s == pytest.approx((1.2 + 0.002) / 60)
-    parts = 0.3 + 0.2 + 6 * 1.202
-    assert costs.host_core_s == pytest.approx((0.2 + 8.0 - parts) / 60)
-    assert costs.cpu_core_s() * 60 == pytest.approx(8.0)
+    assert costs.decode_core_s == pytest.approx(0.3 / 60)
+    assert costs.cpu_core_s() * 60 == pytest.approx(0.3 + 0.2 + 6 * 1.202)
 
 
 def test_prices_are_dated_with_sources_and_every_gpu_shape_has_its_accelerator() -> None:

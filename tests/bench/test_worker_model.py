@@ -10,9 +10,20 @@ GPU = JobCosts(decode_core_s=0.005, host_core_s=0.003, encode_core_s=0.02, devic
 
 
 def test_a_slow_device_with_cores_to_spare_runs_at_the_device_rate() -> None:
-    result = simulate(GPU, WorkerShape(cores=32, encode_workers=32, in_flight=2))
+    result = simulate(GPU, WorkerShape(cores=32, encode_workers=32, in_flight=3))
     assert result.throughput == pytest.approx(50, rel=0.01)
     assert result.bound == "device"
+
+
+def test_with_two_in_flight_the_device_waits_for_the_next_decode() -> None:
+    """Two leased jobs: while one encodes and the other separates, no third is decoding,
+    so the device idles for a decode each job whenever encoding takes as long as
+    separating: two jobs per decode + separate + encode."""
+    result = simulate(GPU, WorkerShape(cores=32, encode_workers=32, in_flight=2))
+    track = 240.0
+    cycle = track * (GPU.decode_core_s + (GPU.device_s or 0) + GPU.encode_core_s)
+    assert result.throughput == pytest.approx(2 * track / cycle, rel=0.01)
+    assert result.device_busy < 0.95
 
 
 def test_a_fast_device_is_held_back_by_the_cores() -> None:
@@ -36,7 +47,7 @@ def test_two_jobs_in_flight_cap_the_encoding_a_big_node_can_do() -> None:
 def test_an_encode_pool_smaller_than_six_stems_serialises_them() -> None:
     fast = JobCosts(0.0, 0.0, 0.02, device_s=1 / 2000)
     one = simulate(fast, WorkerShape(cores=8, encode_workers=1, in_flight=2))
-    assert one.throughput == pytest.approx(1 / 0.02, rel=0.02)
+    assert one.throughput == pytest.approx(1 / (6 * 0.02), rel=0.02)
 
 
 def test_on_a_cpu_node_the_forward_shares_the_cores_with_the_pipeline() -> None:
