@@ -316,7 +316,10 @@ def render(
         ]
         rows: list[tuple[str, Callable[[JobCosts], float]]] = [
             ("decode (mean of wav/flac/mp3), core-ms", lambda c: 1000 * c.decode_core_s),
-            ("separator host work (+ handler rest), core-ms", lambda c: 1000 * c.host_core_s),
+            (
+                "separator host work (one thread, during separation), core-ms",
+                lambda c: 1000 * c.host_core_s,
+            ),
             ("encode six stems (+ sha256, crc32c), core-ms", lambda c: 6000 * c.encode_core_s),
             ("CPU pipeline total, core-ms", lambda c: 1000 * c.cpu_core_s()),
             ("audio-s per s one vCPU sustains", lambda c: 1 / c.cpu_core_s()),
@@ -453,6 +456,7 @@ def _split_section(
     shapes = [p.shape for p in plans]
     cheapest, vcpu_usd = _vcpu_price(shapes)
     encode = 6 * costs.encode_core_s
+    cap = 1 / costs.host_core_s
     out = [
         "## Splitting encoding off the GPU node (not built; what the numbers imply)",
         "",
@@ -465,9 +469,16 @@ def _split_section(
         f"{cheapest} at ${vcpu_usd:.4f} per vCPU-hour gives "
         f"${encode * vcpu_usd:.4f} per audio hour of encoding.",
         "",
+        f"One worker separates at most 1 / host work = {cap:.0f} audio-s per s whatever the",
+        "GPU: the separator's own host work (normalising, chunk assembly, overlap-add, the",
+        "copy to the spool) runs on one thread while the job holds the device (measured with",
+        "torch on one thread; its intra-op threads may spread some of it). The rates below",
+        "are capped there; past it, a faster GPU needs several workers per GPU, or that work",
+        "taken off the separation's critical path.",
+        "",
         *_header(
             "node",
-            "device rate",
+            "rate (device, capped)",
             "vCPUs needed to keep up",
             "vCPUs it has",
             "$/audio-h today (tuned)",
@@ -476,7 +487,7 @@ def _split_section(
         ),
     ]
     for p in sorted(gpu, key=lambda p: p.usd_per_audio_hour_best):
-        rate = p.device.audio_s_per_s or 0.0
+        rate = min(p.device.audio_s_per_s or 0.0, cap)
         needed = rate * costs.cpu_core_s() + RESERVED_CPU
         gpu_only = p.shape.usd_per_hour / rate + encode * vcpu_usd
         out.append(
@@ -532,6 +543,9 @@ def _sensitivity_section(
     return out
 
 
+TODAY: Final = "today's in-flight, encoders"
+
+
 def write_plot(plans: Sequence[Plan], path: Path, quality: int) -> None:
     import matplotlib
 
@@ -544,14 +558,14 @@ def write_plot(plans: Sequence[Plan], path: Path, quality: int) -> None:
     names = [p.shape.machine for p in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     y = range(len(rows))
-    left.barh([i + 0.2 for i in y], [p.current.throughput * p.pods for p in rows], 0.4, label="now")
+    left.barh([i + 0.2 for i in y], [p.current.throughput * p.pods for p in rows], 0.4, label=TODAY)
     left.barh([i - 0.2 for i in y], [p.best.throughput * p.pods for p in rows], 0.4, label="tuned")
     left.set_yticks(list(y), names)
     left.set_xlabel("audio seconds per second")
     left.set_xscale("log")
     left.legend()
     left.set_title("throughput (GPU rates: estimates unless measured)")
-    right.barh([i + 0.2 for i in y], [p.usd_per_audio_hour_current for p in rows], 0.4, label="now")
+    right.barh([i + 0.2 for i in y], [p.usd_per_audio_hour_current for p in rows], 0.4, label=TODAY)
     right.barh([i - 0.2 for i in y], [p.usd_per_audio_hour_best for p in rows], 0.4, label="tuned")
     right.set_yticks(list(y), names)
     right.set_xlabel("USD per audio hour (list prices, re-check)")

@@ -74,7 +74,9 @@ class SimResult:
     throughput: float
     """Audio seconds finished per wall second, in the steady state."""
     device_busy: float
-    """Share of the time a separation held the device (the lock, on a CPU node)."""
+    """Share of the time a separation held the device (the handler's separation lock)."""
+    gpu_busy: float
+    """Share of the time the GPU itself computed (0 on a CPU node)."""
     cores_busy: float
     """Average cores in use."""
     job_s: float
@@ -82,7 +84,14 @@ class SimResult:
 
     @property
     def bound(self) -> str:
-        return "device" if self.device_busy >= 0.95 else "cpu/pipeline"
+        """What limits the rate: the GPU, the separation's single host thread (the lock is
+        held while the GPU waits for it), the CPU forward on a CPU node, or the rest of
+        the CPU pipeline (cores, or too few jobs in flight to keep the device fed)."""
+        if self.gpu_busy >= 0.95:
+            return "GPU"
+        if self.device_busy >= 0.95:
+            return "separation host thread" if self.gpu_busy > 0 else "CPU forward"
+        return "CPU pipeline"
 
 
 @dataclass(eq=False)
@@ -126,6 +135,7 @@ def simulate(
     started = 0
     done: list[_Job] = []
     device_time = 0.0
+    gpu_time = 0.0
     core_time = 0.0
     marks: dict[str, float] = {}
 
@@ -181,7 +191,7 @@ def simulate(
                 job.finished = now
                 done.append(job)
                 if len(done) == warmup:
-                    marks.update(t=now, device=device_time, cores=core_time)
+                    marks.update(t=now, device=device_time, gpu=gpu_time, cores=core_time)
                 if started < jobs + shape.in_flight:
                     start_job()
             return
@@ -203,6 +213,8 @@ def simulate(
         now += step
         if separating is not None:
             device_time += step
+        if device_task is not None:
+            gpu_time += step
         core_time += share * len(cpu_tasks) * step
         finished = []
         for task, rate in running:
@@ -219,6 +231,7 @@ def simulate(
     return SimResult(
         throughput=audio / span,
         device_busy=(device_time - marks["device"]) / span,
+        gpu_busy=(gpu_time - marks["gpu"]) / span,
         cores_busy=(core_time - marks["cores"]) / span,
         job_s=sum(j.finished - j.started for j in window) / len(window),
     )

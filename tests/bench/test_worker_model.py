@@ -12,7 +12,7 @@ GPU = JobCosts(decode_core_s=0.005, host_core_s=0.003, encode_core_s=0.02, devic
 def test_a_slow_device_with_cores_to_spare_runs_at_the_device_rate() -> None:
     result = simulate(GPU, WorkerShape(cores=32, encode_workers=32, in_flight=3))
     assert result.throughput == pytest.approx(50, rel=0.01)
-    assert result.bound == "device"
+    assert result.bound == "GPU"
 
 
 def test_with_two_in_flight_the_device_waits_for_the_next_decode() -> None:
@@ -31,7 +31,7 @@ def test_a_fast_device_is_held_back_by_the_cores() -> None:
     result = simulate(fast, WorkerShape(cores=4, encode_workers=4, in_flight=4))
     assert result.throughput == pytest.approx(4 / fast.cpu_core_s(), rel=0.02)
     assert result.cores_busy == pytest.approx(4, rel=0.02)
-    assert result.bound == "cpu/pipeline"
+    assert result.bound == "CPU pipeline"
 
 
 def test_two_jobs_in_flight_cap_the_encoding_a_big_node_can_do() -> None:
@@ -42,6 +42,15 @@ def test_two_jobs_in_flight_cap_the_encoding_a_big_node_can_do() -> None:
     four = simulate(fast, WorkerShape(cores=32, encode_workers=32, in_flight=4))
     assert two.cores_busy < 14
     assert four.throughput > 1.5 * two.throughput
+
+
+def test_the_separation_host_thread_caps_a_very_fast_gpu() -> None:
+    """The separator's own host work (overlap-add, hand-over) runs on one thread while the
+    device is held: past 1 / host_core_s audio-s per s a faster GPU only waits."""
+    fast = JobCosts(0.0, 0.005, 0.0, device_s=1 / 2000)
+    result = simulate(fast, WorkerShape(cores=64, encode_workers=64, in_flight=4))
+    assert result.throughput == pytest.approx(1 / 0.005, rel=0.02)
+    assert result.bound == "separation host thread"
 
 
 def test_an_encode_pool_smaller_than_six_stems_serialises_them() -> None:

@@ -443,8 +443,8 @@ SHAPE_ANNOTATION = "stem-fleet/node-shape"
 
 def _capacity_settings() -> dict[str, dict[str, str]]:
     """docs/capacity.md's "Settings per shape" table, by node shape."""
-    lines = CAPACITY_DOC.read_text().split("## Settings per shape", 1)[1].splitlines()
-    rows = [line for line in lines if line.startswith("| ")]
+    section = CAPACITY_DOC.read_text().split("## Settings per shape", 1)[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
     header = [cell.strip(" `") for cell in rows[0].strip("|").split("|")]
     table = {}
     for row in rows[1:]:
