@@ -21,12 +21,14 @@ from typing import Final
 
 __all__ = ["main", "runtime_requirements"]
 
+# PyTorch and its own dependencies, and numpy, come with the machine's PyTorch.
+# typing-extensions is carried all the same: pydantic and soundfile need a recent one, and
+# a newer one is backwards compatible for the rest of that Python.
 MACHINE_OWN: Final = frozenset(
     {
         "torch",
         "numpy",
         "filelock",
-        "typing-extensions",
         "setuptools",
         "sympy",
         "mpmath",
