@@ -19,8 +19,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-unit test-integration lint format typecheck schemas \
-        contracts-check demo bench reliability reliability-long monitoring-tools monitoring-check mutation \
-        ci clean
+        contracts-check demo bench costs capacity cpu-path gpu-wheels gpu-check-smoke \
+        reliability reliability-long monitoring-tools monitoring-check mutation ci clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -71,6 +71,25 @@ demo: install ## start the emulators, a worker, and separate a generated sample 
 
 bench: install ## the fleet against demucs.api.Separator, side by side (see bench/)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+costs: install ## per-core CPU costs: decode, resample, MP3 -q 0-7 / FLAC / WAV encode, hashing (bench/results/costs.json)
+	$(BIN)/python -m bench costs $(BENCH_ARGS)
+
+capacity: install ## the capacity model: docs/capacity.md and docs/capacity.png from bench/measurements/ and bench/prices.toml
+	$(BIN)/python -m bench capacity $(BENCH_ARGS)
+
+cpu-path: install ## faster CPU forwards (bf16 autocast, TorchScript, ONNX Runtime, OpenVINO) against fp32, speed and SNR
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,cpu-path]'
+	$(BIN)/python -m bench cpu-path $(BENCH_ARGS)
+
+# The Python of the GPU machine that bench/gpu_check.sh will run on (its wheels must match).
+GPU_PYTHON ?= 3.12
+gpu-wheels: install ## bench/wheels/: the wheels bench/gpu_check.sh installs on a GPU machine without network
+	rm -rf bench/wheels
+	$(BIN)/python -m bench.gpu_wheels bench/wheels $(GPU_PYTHON)
+
+gpu-check-smoke: install ## bench/gpu_check.sh --device cpu --smoke: the GPU check's plumbing, on this CPU
+	PYTHON=$(BIN)/python GPU_CHECK_WHEELS=$(CURDIR)/.no-wheels bash bench/gpu_check.sh --device cpu --smoke
 
 reliability: install ## chaos, resource, bad-input and security suite (CI-sized); rewrites its table in docs/reliability.md
 	rm -rf $(RELIABILITY_FIGURES)/ci

@@ -1,10 +1,16 @@
-"""``python -m bench`` (``make bench``): see bench/README.md."""
+"""``python -m bench`` (``make bench``): see bench/README.md.
+
+``python -m bench [options]`` runs the side-by-side benchmark; a first argument naming a
+subcommand runs that instead: ``costs`` (per-core CPU costs), ``capacity`` (the capacity
+model and docs/capacity.md), ``cpu-path`` (faster CPU forwards), ``gpu-check`` (what
+bench/gpu_check.sh runs).
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 
@@ -25,8 +31,33 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[console], force=True)
 
 
+def _subcommand(name: str) -> Callable[[Sequence[str]], int] | None:
+    # Imported on demand: each pulls in what only it needs.
+    if name == "costs":
+        from bench.costs import main as costs
+
+        return costs
+    if name == "capacity":
+        from bench.capacity import main as capacity
+
+        return capacity
+    if name == "cpu-path":
+        from bench.cpu_path import main as cpu_path
+
+        return cpu_path
+    if name == "gpu-check":
+        from bench.gpu_check import main as gpu_check
+
+        return gpu_check
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    options = parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and (command := _subcommand(args[0])) is not None:
+        _configure_logging()
+        return command(args[1:])
+    options = parse_args(args)
     _configure_logging()
     configure_torch(options)
     if options.rss_child is not None:

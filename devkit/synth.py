@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["multi_instrument_mix"]
+__all__ = ["instrument_parts", "multi_instrument_mix"]
 
 
 def _plucked(
@@ -26,10 +26,12 @@ def _plucked(
     return out
 
 
-def multi_instrument_mix(
+def instrument_parts(
     seconds: float, sample_rate: int = 44100, *, seed: int = 0
-) -> npt.NDArray[np.float32]:
-    """A stereo float32 ``[2, frames]`` mix, the same for the same arguments."""
+) -> dict[str, npt.NDArray[np.float64]]:
+    """The mix's five parts, each stereo float64 ``[2, frames]`` and panned as mixed
+    (drums, bass, vocals, guitar, piano): stem-like material for encoder measurements.
+    Their sum, in this order, is :func:`multi_instrument_mix` before its normalisation."""
     rng = np.random.default_rng(seed)
     n = max(1, int(seconds * sample_rate))
     t = np.arange(n) / sample_rate
@@ -62,8 +64,24 @@ def multi_instrument_mix(
         tone = sum(np.sin(2 * np.pi * 261.6 * k * tt) / k**2 for k in range(1, 6))
         piano[start : start + length] += tone * np.exp(-tt * 3) * 0.4
 
-    left = drums + bass + 0.8 * vocals + 1.0 * guitar + 0.6 * piano
-    right = drums + bass + 0.8 * vocals + 0.6 * guitar + 1.0 * piano
-    mix = np.stack([left, right])
+    # (part, left gain, right gain), in the order the mix sums them.
+    panned = (
+        ("drums", drums, 1, 1),
+        ("bass", bass, 1, 1),
+        ("vocals", vocals, 0.8, 0.8),
+        ("guitar", guitar, 1.0, 0.6),
+        ("piano", piano, 0.6, 1.0),
+    )
+    return {name: np.stack([left * part, right * part]) for name, part, left, right in panned}
+
+
+def multi_instrument_mix(
+    seconds: float, sample_rate: int = 44100, *, seed: int = 0
+) -> npt.NDArray[np.float32]:
+    """A stereo float32 ``[2, frames]`` mix, the same for the same arguments."""
+    parts = iter(instrument_parts(seconds, sample_rate, seed=seed).values())
+    mix = next(parts).copy()
+    for part in parts:
+        mix += part
     mix /= max(1.0, float(np.abs(mix).max()) / 0.9)
     return mix.astype(np.float32)

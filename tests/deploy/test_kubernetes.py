@@ -507,3 +507,37 @@ def test_the_generated_config_map_is_the_one_the_worker_reads() -> None:
         "data": _worker_env(),
     }
     kubernetes_validate.validate(config_map, KUBERNETES_VERSION, strict=True)
+
+
+# --- sizing: the capacity model -------------------------------------------------------------
+
+CAPACITY_DOC = K8S_DIR.parents[1] / "docs" / "capacity.md"
+SHAPE_ANNOTATION = "stem-fleet/node-shape"
+
+
+def _capacity_settings() -> dict[str, dict[str, str]]:
+    """docs/capacity.md's "Settings per shape" table, by node shape."""
+    section = CAPACITY_DOC.read_text().split("## Settings per shape", 1)[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    header = [cell.strip(" `") for cell in rows[0].strip("|").split("|")]
+    table = {}
+    for row in rows[1:]:
+        cells = dict(zip(header, (c.strip() for c in row.strip("|").split("|")), strict=True))
+        table[cells["node"]] = cells
+    return table
+
+
+def test_the_worker_is_sized_as_docs_capacity_says_for_its_node_shape() -> None:
+    """The Deployment names the node shape it is sized for; its CPU request, in-flight
+    count and encode pool are that shape's row of the capacity model (make capacity)."""
+    deployment = _one("Deployment")
+    shape = deployment["metadata"]["annotations"][SHAPE_ANNOTATION]
+    row = _capacity_settings()[shape]
+    resources = _worker_container()["resources"]
+    settings = settings_from(_worker_env())
+    assert str(resources["requests"]["cpu"]) == row["cpu request"]
+    assert "cpu" not in resources["limits"], "a CPU limit throttles the encoders in bursts"
+    assert str(settings.max_in_flight) == row["STEM_MAX_IN_FLIGHT"]
+    assert str(settings.encode_workers) == row["STEM_ENCODE_WORKERS"]
+    readme = (K8S_DIR.parents[1] / "README.md").read_text()
+    assert f"--machine-type {shape}" in readme, "the README's GPU node pool is another shape"
