@@ -203,13 +203,14 @@ class HandlerRecord:
 
 
 class StageLog(logging.Handler):
-    """Collects the handler's ``job processed`` / ``job failed`` records, by ``jobId``.
+    """Collects the ``job processed`` / ``job failed`` records of each delivery, by ``jobId``
+    (logged by ``consumer.delivery``, which wraps every attempt of the handler).
 
-    Attach with :meth:`capture`; the handler's logger is lowered to INFO for the duration
-    (what reaches the console is still decided by the console handler's own level).
+    Attach with :meth:`capture`; that logger is lowered to INFO for the duration (what
+    reaches the console is still decided by the console handler's own level).
     """
 
-    def __init__(self, logger_name: str = "consumer.handler") -> None:
+    def __init__(self, logger_name: str = "consumer.delivery") -> None:
         super().__init__(logging.INFO)
         self._logger_name = logger_name
         self._records: dict[str, HandlerRecord] = {}
