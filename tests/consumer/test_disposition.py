@@ -14,7 +14,8 @@ import pytest
 
 from consumer import errors
 from consumer.disposition import Action, decide
-from consumer.errors import StemError, WorkerShutdown
+from consumer.errors import StemError, StemNotInModel, WorkerShutdown
+from consumer.manifest import check_stems
 
 D, R = Action.DEAD_LETTER, Action.RETRY
 
@@ -112,3 +113,10 @@ def test_every_concrete_error_has_its_own_unique_snake_case_code() -> None:
 def test_a_stem_errors_text_is_its_message() -> None:
     error = WorkerShutdown("grace ran out")
     assert (str(error), error.message) == ("grace ran out", "grace ran out")
+
+
+def test_stems_a_model_lacks_are_named_beside_the_ones_it_has() -> None:
+    check_stems(["bass", "drums"], "duo", ["drums", "bass"])  # a subset: fine
+    with pytest.raises(StemNotInModel) as caught:
+        check_stems(["kazoo", "bass", "flute"], "duo", ["drums", "bass"])
+    assert caught.value.message == "stem kazoo, flute not in model duo (has drums, bass)"
