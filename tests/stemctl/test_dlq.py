@@ -469,6 +469,28 @@ def child() -> Iterator[Callable[..., Child]]:
         process.kill()
 
 
+def _where_jobs_end(
+    dlq: Dlq,
+    jobs: set[str],
+    deadline: float,
+    *,
+    done: Callable[[set[str], set[str]], bool] = lambda replayed, in_dlq: True,
+) -> tuple[set[str], set[str]]:
+    """The jobs found on stem-separate and in stem-dlq, taken until every one is in one
+    of them (and ``done`` holds); fails at ``deadline`` naming what is missing."""
+    replayed: set[str] = set()
+    in_dlq: set[str] = set()
+    while replayed | in_dlq != jobs or not done(replayed, in_dlq):
+        assert time.monotonic() < deadline, (
+            sorted(jobs - replayed - in_dlq),
+            sorted(replayed),
+            sorted(in_dlq),
+        )
+        replayed |= {m.attributes["jobId"] for m in dlq.take_jobs(timeout_s=0.3)}
+        in_dlq |= {m.attributes["jobId"] for m in dlq.take_dlq(timeout_s=0.3).values()}
+    return replayed, in_dlq
+
+
 def test_sigkill_mid_replay_loses_no_message(
     provisioned: Settings, dlq: Dlq, child: Callable[..., Child]
 ) -> None:
@@ -499,13 +521,7 @@ def test_sigkill_mid_replay_loses_no_message(
     acked_before_kill = sum(line.startswith("replayed ") for line in replay.lines)
 
     # Then every job is on stem-separate or (once the leases lapse) back in the DLQ
-    replayed: set[str] = set()
-    in_dlq: set[str] = set()
-    deadline = time.monotonic() + 30
-    while replayed | in_dlq != jobs:
-        assert time.monotonic() < deadline, sorted(jobs - replayed - in_dlq)
-        replayed |= {m.attributes["jobId"] for m in dlq.take_jobs(timeout_s=0.3)}
-        in_dlq |= {m.attributes["jobId"] for m in dlq.take_dlq(timeout_s=0.3).values()}
+    replayed, in_dlq = _where_jobs_end(dlq, jobs, time.monotonic() + 30)
     assert 10 <= acked_before_kill < 50
     assert len(replayed) >= acked_before_kill
     assert in_dlq, "the kill came too late to test anything"
@@ -549,13 +565,12 @@ def test_a_replay_killed_between_publish_and_ack_duplicates_at_worst_never_loses
         replay.kill()
 
     # Then no job is lost: each is on stem-separate or, once its lease lapses, in the DLQ
-    replayed: set[str] = set()
-    in_dlq: set[str] = set()
-    deadline = time.monotonic() + 30
-    while replayed | in_dlq != jobs or (stalled == ACKNOWLEDGE and not replayed <= in_dlq):
-        assert time.monotonic() < deadline, (sorted(replayed), sorted(in_dlq))
-        replayed |= {m.attributes["jobId"] for m in dlq.take_jobs(timeout_s=0.3)}
-        in_dlq |= {m.attributes["jobId"] for m in dlq.take_dlq(timeout_s=0.3).values()}
+    replayed, _ = _where_jobs_end(
+        dlq,
+        jobs,
+        time.monotonic() + 30,
+        done=lambda replayed, in_dlq: stalled != ACKNOWLEDGE or replayed <= in_dlq,
+    )
     if stalled == PUBLISH:
         # nothing was published, so every copy had to stay: acked first, they would be lost
         assert replayed == set()
@@ -587,12 +602,7 @@ def test_sigterm_mid_replay_releases_every_held_message_at_once_and_loses_none(
     assert any("interrupted: replayed" in line for line in replay.lines), replay.lines
 
     # Then every job is on stem-separate or back in the DLQ, well before the ack deadline
-    replayed: set[str] = set()
-    in_dlq: set[str] = set()
-    while replayed | in_dlq != jobs:
-        assert time.monotonic() - stopped < 15, sorted(jobs - replayed - in_dlq)
-        replayed |= {m.attributes["jobId"] for m in dlq.take_jobs(timeout_s=0.3)}
-        in_dlq |= {m.attributes["jobId"] for m in dlq.take_dlq(timeout_s=0.3).values()}
+    replayed, in_dlq = _where_jobs_end(dlq, jobs, stopped + 15)
     assert replayed, "the signal came too early to test anything"
     assert in_dlq, "the signal came too late to test anything"
 
