@@ -25,7 +25,7 @@ from consumer._memory import release_free_memory
 from consumer.disposition import Disposition
 from consumer.errors import JobTimeout, StemError, WorkerShutdown
 from consumer.telemetry import Metrics
-from stem_contracts import StemsProcessed
+from stem_contracts import StemsProcessed, Usage
 from stem_contracts.tracing import extract_context
 
 __all__ = ["Attempt", "Delivery", "Outcome", "observe"]
@@ -63,6 +63,10 @@ class Attempt:
     label: str = "retried"
     """``processed``, ``duplicate``, ``dead_lettered`` or ``retried`` (the metric's label)."""
     code: str = "internal_error"
+    audio_seconds: float | None = None
+    """The decoded source's duration, once it is known."""
+    device_seconds: float = 0.0
+    """Wall time spent separating on the device (:meth:`on_device`)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _log_extra: dict[str, object] = field(init=False)
 
@@ -102,11 +106,40 @@ class Attempt:
             if self.metrics is not None:
                 self.metrics.stage_duration.labels(stage).observe(elapsed)
 
+    @contextlib.contextmanager
+    def on_device(self) -> Iterator[None]:
+        """Count the block as device time (``usage.deviceSeconds``)."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.device_seconds += time.monotonic() - start
+
+    def usage(self, device: str, cost_per_hour: float | None) -> Usage:
+        """What this attempt has used so far; ``costUsd`` from the node's hourly price."""
+        worker_seconds = round(self.elapsed(), 3)
+        return Usage(
+            audio_seconds=None if self.audio_seconds is None else round(self.audio_seconds, 6),
+            device_seconds=round(self.device_seconds, 3),
+            worker_seconds=worker_seconds,
+            device=device,
+            cost_usd=None if cost_per_hour is None else worker_seconds * cost_per_hour / 3600,
+        )
+
+    def _count(self, usage: Usage | None) -> None:
+        if self.metrics is None or usage is None:
+            return
+        self.metrics.device_seconds.inc(usage.device_seconds)
+        if usage.cost_usd is not None:
+            self.metrics.cost_usd.inc(usage.cost_usd)
+
     def succeeded(self, event: StemsProcessed, *, duplicate: bool) -> None:
         """The job's ``stems.processed`` is published (``duplicate``: from its manifest)."""
         self.label, self.code = ("duplicate" if duplicate else "processed"), "none"
         elapsed = self.elapsed()
         if self.metrics is not None and not duplicate:
+            self._count(event.usage)
             self.metrics.audio_seconds.inc(event.source.duration_seconds)
             self.metrics.realtime_factor.observe(event.source.duration_seconds / max(elapsed, 1e-6))
         _log.info(
@@ -119,8 +152,16 @@ class Attempt:
             },
         )
 
-    def failed(self, error: Exception, disposition: Disposition, outcome: Outcome) -> None:
-        """The attempt failed; ``outcome`` is what the message gets."""
+    def failed(
+        self,
+        error: Exception,
+        disposition: Disposition,
+        outcome: Outcome,
+        usage: Usage | None = None,
+    ) -> None:
+        """The attempt failed; ``outcome`` is what the message gets, ``usage`` what it
+        used (reported on its ``stems.failed``)."""
+        self._count(usage)
         self.label = "dead_lettered" if outcome is Outcome.ACK else "retried"
         self.code = disposition.code
         _log.log(

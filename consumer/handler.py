@@ -110,16 +110,18 @@ class JobHandler:
                     self._events.publish_result(event)
             except Exception as exc:
                 ids = JobIds.of(job) if job is not None else JobIds.from_body(delivery.data)
+                usage = attempt.usage(self._separator.device_name, self.settings.cost_per_hour)
                 disposition, outcome = report_failure(
                     self._events,
                     delivery,
                     ids,
                     exc,
                     max_delivery_attempts=self.settings.max_delivery_attempts,
+                    usage=usage,
                 )
                 if disposition.worker_must_exit and self.fatal_error is None:
                     self.fatal_error = exc  # the runner stops pulling and exits non-zero
-                attempt.failed(exc, disposition, outcome)
+                attempt.failed(exc, disposition, outcome, usage)
                 return outcome
             attempt.succeeded(event, duplicate=duplicate)
             return Outcome.ACK

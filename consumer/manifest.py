@@ -94,6 +94,6 @@ def write_manifest(store: BlobStore, prefix: str, event: StemsProcessed) -> None
     """Write the completion marker: the last object of a job."""
     store.write_bytes(
         join_uri(prefix, MANIFEST_NAME),
-        event.model_dump_json(by_alias=True, exclude_none=True).encode(),
+        event.model_dump_json(by_alias=True).encode(),
         content_type="application/json",
     )

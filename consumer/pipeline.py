@@ -1,15 +1,18 @@
-"""The work of one job: download → decode → separate → encode and upload → manifest.
+"""The work of one job: download → decode → separate → encode, analyse and upload → manifest.
 
 Everything happens in a temporary directory that is removed on every path. The device
 runs one separation at a time (``separation_lock``): while one job separates, the other job
 in flight downloads, decodes, encodes or uploads. Stems are encoded in parallel (LAME
 releases the GIL: MP3-encoding six stems costs more CPU than a GPU needs to separate them),
-each uploaded as soon as it is encoded, and ``manifest.json`` is written last.
+each measured on the way to its encoder (loudness, peak, waveform: :mod:`consumer.analysis`)
+and uploaded with its ``peaks.json`` as soon as it is encoded; ``manifest.json`` is written
+last.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import tempfile
 import threading
@@ -22,6 +25,7 @@ from typing import Final
 from opentelemetry import context as otel_context
 
 from consumer import audio
+from consumer.analysis import MeteredSource, StemMeter
 from consumer.delivery import Attempt
 from consumer.events import EventHeader
 from consumer.manifest import wanted_stems, write_manifest
@@ -98,6 +102,7 @@ class Pipeline:
                     target_channels=separator.audio_channels,
                 )
             attempt.check()
+            attempt.audio_seconds = decoded.source.duration_seconds
 
             source = decoded.source
             wanted = wanted_stems(job, separator.sources)
@@ -109,7 +114,7 @@ class Pipeline:
                 frames=decoded.samples.shape[1],
                 memory_limit_bytes=self._spool_memory_bytes,
             )
-            with attempt.timed("separate"), self._separation_lock:
+            with attempt.timed("separate"), self._separation_lock, attempt.on_device():
                 try:
                     for start, block in separator.separate_blocks(
                         decoded.samples, progress=progress, cancelled=attempt.cancelled
@@ -136,6 +141,7 @@ class Pipeline:
             ),
             processing_time_ms=int(attempt.elapsed() * 1000),
             completed_at=datetime.now(UTC),
+            usage=attempt.usage(separator.device_name, self._settings.cost_per_hour),
         )
         with attempt.timed("upload"):
             write_manifest(self._store, prefix, event)
@@ -150,27 +156,38 @@ class Pipeline:
         workdir: Path,
         attempt: Attempt,
     ) -> list[StemFile]:
-        """Encode the stems in parallel and upload each when it is done."""
+        """Encode and analyse the stems in parallel; upload each (and its waveform) when
+        it is done."""
         parent = otel_context.get_current()
         sample_rate = self._separator.sample_rate
+        settings = self._settings
 
         def one(name: str) -> StemFile:
             token = otel_context.attach(parent)  # stage spans stay children of the job
             try:
                 attempt.check()
+                stem = spool.source(name)
+                meter = StemMeter(sample_rate, *stem.shape, points=settings.waveform_points)
                 with attempt.timed("encode"):
                     encoded = audio.encode(
-                        spool.source(name),
+                        MeteredSource(stem, meter),
                         sample_rate,
                         job.format,
                         workdir / f"{name}.{job.format}",
                         mp3_bitrate=job.mp3_bitrate,
-                        mp3_quality=self._settings.mp3_quality,
+                        mp3_quality=settings.mp3_quality,
                     )
+                    analysis = meter.result(silence_lufs=settings.silence_lufs)
                 spool.release(name)
                 uri = join_uri(prefix, f"{name}.{job.format}")
+                peaks_uri = join_uri(prefix, f"{name}.peaks.json")
                 with attempt.timed("upload"):
                     self._store.upload(encoded.path, uri, content_type=encoded.content_type)
+                    self._store.write_bytes(
+                        peaks_uri,
+                        json.dumps(analysis.waveform, separators=(",", ":")).encode(),
+                        content_type="application/json",
+                    )
                 encoded.path.unlink()
                 return StemFile(
                     name=name,
@@ -182,6 +199,10 @@ class Pipeline:
                     sample_rate=encoded.sample_rate,
                     channels=encoded.channels,
                     sha256=encoded.sha256,
+                    loudness_lufs=analysis.loudness_lufs,
+                    peak_dbfs=analysis.peak_dbfs,
+                    silent=analysis.silent,
+                    peaks_uri=peaks_uri,
                 )
             finally:
                 otel_context.detach(token)

@@ -16,7 +16,7 @@ from consumer.delivery import Delivery, Outcome
 from consumer.disposition import Action, Disposition, decide
 from consumer.errors import PublishFailed
 from consumer.events import EventPublisher, JobIds
-from stem_contracts import ErrorInfo, StemsFailed
+from stem_contracts import ErrorInfo, StemsFailed, Usage
 
 __all__ = ["REASON_ATTRIBUTES", "dead_letter_attributes", "report_failure"]
 
@@ -70,11 +70,13 @@ def report_failure(
     error: Exception,
     *,
     max_delivery_attempts: int,
+    usage: Usage | None = None,
 ) -> tuple[Disposition, Outcome]:
     """Decide what ``error`` means for this delivery, report it, and say ack or nack.
 
     ``ids`` is ``None`` for a body without readable ids: it gets a dead letter (or a
-    retry) but no ``stems.failed``, which would have nobody to name.
+    retry) but no ``stems.failed``, which would have nobody to name. ``usage`` is what
+    the attempt used, reported on its ``stems.failed``.
     """
     disposition = decide(error, delivery.delivery_attempt, max_delivery_attempts)
     try:
@@ -89,6 +91,7 @@ def report_failure(
                     ),
                     final=disposition.final,
                     failed_at=datetime.now(UTC),
+                    usage=usage,
                 )
             )
         if disposition.action is Action.DEAD_LETTER:

@@ -193,6 +193,28 @@ class Settings(BaseSettings):
         5.0, ge=0, description="STEM_PROGRESS_INTERVAL_S: stems.progress cadence (0 = off)."
     )
 
+    # --- what the catalog and finance get with each job -----------------------------------
+    silence_lufs: float = Field(
+        -50.0,
+        ge=-70,
+        le=0,
+        description="STEM_SILENCE_LUFS: a stem quieter than this (integrated loudness) is "
+        "reported silent: true (-50; the BS.1770 absolute gate is -70).",
+    )
+    waveform_points: int = Field(
+        2000,
+        ge=10,
+        le=100_000,
+        description="STEM_WAVEFORM_POINTS: about this many min/max pairs per track in each "
+        "stem's peaks.json (2000).",
+    )
+    cost_per_hour: float | None = Field(
+        None,
+        ge=0,
+        description="STEM_COST_PER_HOUR: the node's price in USD per hour; usage.costUsd = "
+        "workerSeconds x this / 3600 (unset: costUsd is null).",
+    )
+
     @field_validator("allowed_buckets", mode="before")
     @classmethod
     def _split_comma_list(cls, value: object) -> object:

@@ -113,6 +113,16 @@ class Metrics:
             buckets=_RATIO_BUCKETS,
             registry=r,
         )
+        self.device_seconds = Counter(
+            "stem_device_seconds",
+            "Separation wall time on the device, every attempt (usage.deviceSeconds).",
+            registry=r,
+        )
+        self.cost_usd = Counter(
+            "stem_cost_usd",
+            "usage.costUsd of every attempt (only when STEM_COST_PER_HOUR is set).",
+            registry=r,
+        )
         self.in_flight = Gauge("stem_jobs_in_flight", "Deliveries being worked on.", registry=r)
         self.delivery_attempt = Histogram(
             "stem_delivery_attempt",

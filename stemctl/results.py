@@ -63,7 +63,7 @@ def results_subscription(settings: Settings) -> Iterator[tuple[Any, str]]:
 
 
 def event_line(event: ResultEvent) -> str:
-    return event.model_dump_json(by_alias=True, exclude_none=True)
+    return event.model_dump_json(by_alias=True)
 
 
 def is_final(event: ResultEvent) -> bool:

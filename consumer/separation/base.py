@@ -41,6 +41,11 @@ class Separator(Protocol):
         """What the result event names as the model, e.g. ``demucs-htdemucs-6s``."""
         ...
 
+    @property
+    def device_name(self) -> str:
+        """What ``usage.device`` says, e.g. ``cpu`` or ``cuda:NVIDIA H100 80GB HBM3``."""
+        ...
+
     def separate(
         self,
         mix: Audio,

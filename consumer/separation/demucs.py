@@ -28,6 +28,7 @@ from consumer.separation.loading import (
     Device,
     Precision,
     default_batch_size,
+    describe_device,
     load_model,
     resolve_device,
     segment_lengths,
@@ -172,6 +173,10 @@ class DemucsSeparator:
     @property
     def model_version(self) -> str:
         return _model_version(self._name)
+
+    @property
+    def device_name(self) -> str:
+        return describe_device(self.device)
 
     @property
     def batched(self) -> bool:

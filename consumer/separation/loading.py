@@ -24,6 +24,7 @@ __all__ = [
     "Device",
     "Precision",
     "default_batch_size",
+    "describe_device",
     "load_model",
     "normalisation",
     "out_of_memory",
@@ -52,6 +53,13 @@ class _SingleModel(DemucsModel, Protocol):
     """A model that is not a bag: it has the segment it was trained on, in seconds."""
 
     segment: float | Fraction
+
+
+def describe_device(device: torch.device) -> str:
+    """What ``usage.device`` says: ``cpu``, or ``cuda:`` and the GPU's name."""
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return device.type
 
 
 def resolve_device(pref: str) -> torch.device:

@@ -22,6 +22,7 @@ from stem_contracts.models import (
     StemsProcessed,
     StemsProcessing,
     StemsProgress,
+    Usage,
     model_version,
     split_gcs_uri,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "StemsProcessing",
     "StemsProgress",
     "SubmittedJob",
+    "Usage",
     "crc32c_b64",
     "decode_event",
     "decode_job",

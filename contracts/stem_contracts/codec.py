@@ -90,7 +90,7 @@ def encode(
     ``eventType``, ``jobId``, ``trackId`` and, on ``stems.processed``, ``modelVersion``,
     so subscribers can filter without parsing bodies.
     """
-    data = message.model_dump_json(by_alias=True, exclude_none=True).encode()
+    data = message.model_dump_json(by_alias=True).encode()
     attributes = {
         "jobId": message.job_id,
         "trackId": message.track_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import unquote
 
 from pydantic import (
@@ -18,7 +18,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     StringConstraints,
+    model_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -41,6 +44,7 @@ __all__ = [
     "StemsProcessed",
     "StemsProcessing",
     "StemsProgress",
+    "Usage",
     "model_version",
     "split_gcs_uri",
 ]
@@ -111,6 +115,19 @@ def model_version(model: str) -> str:
     return "demucs-" + model.replace("_", "-")
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+def _unset(description: str | None = None) -> Any:
+    """An optional field that is left out of the JSON when it is ``None`` ("not given").
+
+    Every other ``None`` is written as ``null``: it says something (e.g. ``loudnessLufs``
+    null = nothing to measure, ``costUsd`` null = no price known).
+    """
+    return Field(default=None, exclude_if=_is_none, description=description)
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(
         frozen=True,
@@ -130,23 +147,19 @@ class Job(_Wire):
     job_id: Identifier
     track_id: Identifier
     source_uri: GcsUri = Field(description="gs://bucket/object of a wav, mp3 or flac file")
-    output_uri: GcsUri | None = Field(
-        default=None,
-        description="gs://bucket/prefix for the stems; default "
-        "gs://$STEM_OUTPUT_BUCKET/stems/{trackId}/{jobId}",
+    output_uri: GcsUri | None = _unset(
+        "gs://bucket/prefix for the stems; default gs://$STEM_OUTPUT_BUCKET/stems/{trackId}/{jobId}"
     )
     model: ModelName = DEFAULT_MODEL
-    stems: tuple[StemName, ...] | None = Field(
-        default=None, description="subset of the model's sources; default all"
-    )
+    stems: tuple[StemName, ...] | None = _unset("subset of the model's sources; default all")
     format: Literal["mp3", "wav", "flac"] = "mp3"
     mp3_bitrate: Literal[96, 112, 128, 160, 192, 224, 256, 320] = Field(
         default=320,
         description="kbit/s, CBR; an MPEG-1 Layer III bitrate from 96 to 320 (LAME would "
         "silently round any other value)",
     )
-    correlation_id: Annotated[str, StringConstraints(max_length=256)] | None = None
-    submitted_at: AwareDatetime | None = None
+    correlation_id: Annotated[str, StringConstraints(max_length=256)] | None = _unset()
+    submitted_at: AwareDatetime | None = _unset()
 
     @model_validator(mode="after")
     def _check_stems(self) -> Job:
@@ -171,7 +184,7 @@ class _Event(_Wire):
     schema_version: Literal[1] = SCHEMA_VERSION
     job_id: Identifier
     track_id: Identifier
-    correlation_id: str | None = None
+    correlation_id: str | None = _unset()
     attempt: int = Field(ge=1, description="the Pub/Sub delivery attempt this event is from")
 
 
@@ -194,6 +207,53 @@ class StemFile(_Wire):
     channels: int = Field(gt=0)
     sha256: Sha256
 
+    # --- stem analysis (round 2; absent from stems written before it) -------------------
+    loudness_lufs: float | None = Field(
+        default=None,
+        description="integrated loudness, ITU-R BS.1770-4 (LUFS); null when the gate "
+        "leaves no 400 ms block (silence, or shorter than one block)",
+    )
+    peak_dbfs: float | None = Field(
+        default=None, description="sample peak (dBFS); null for digital silence"
+    )
+    silent: bool | None = _unset(
+        "loudness null or below the worker's STEM_SILENCE_LUFS: not worth showing; "
+        "absent only on stems written before analysis existed"
+    )
+    peaks_uri: GcsUri | None = _unset(
+        "{outputUri}/{name}.peaks.json: waveform min/max pairs in BBC audiowaveform JSON "
+        "(version 2, 8 bits)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unmeasured(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> Any:
+        """A stem written before analysis existed has no measures to state: its
+        ``loudnessLufs``/``peakDbfs`` are left out rather than written as null."""
+        data = handler(self)
+        if self.silent is None and isinstance(data, dict):
+            for key in ("loudness_lufs", "loudnessLufs", "peak_dbfs", "peakDbfs"):
+                data.pop(key, None)
+        return data
+
+
+class Usage(_Wire):
+    """What an attempt used, and what it cost when the worker knows its node's price."""
+
+    audio_seconds: float | None = Field(
+        ge=0, description="duration of the source; null when it was never decoded"
+    )
+    device_seconds: float = Field(
+        ge=0, description="separation wall time on the device (0 when no separation ran)"
+    )
+    worker_seconds: float = Field(ge=0, description="wall time of the whole attempt")
+    device: str = Field(description="e.g. cpu, cuda:NVIDIA H100 80GB HBM3")
+    cost_usd: float | None = Field(
+        ge=0,
+        description="worker_seconds x STEM_COST_PER_HOUR / 3600; null without a price",
+    )
+
 
 class SourceInfo(_Wire):
     """The source audio as decoded."""
@@ -213,6 +273,7 @@ class StemsProcessed(_Event):
     source: SourceInfo
     processing_time_ms: int = Field(ge=0)
     completed_at: datetime
+    usage: Usage | None = _unset("what the attempt used; absent from events before round 2")
 
 
 class ErrorInfo(_Wire):
@@ -230,6 +291,7 @@ class StemsFailed(_Event):
     error: ErrorInfo
     final: bool
     failed_at: datetime
+    usage: Usage | None = _unset("what the attempt used; absent from events before round 2")
 
 
 class StemsProgress(_Event):

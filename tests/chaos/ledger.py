@@ -150,7 +150,7 @@ def check_stems(ledger: Ledger, gcs: Any) -> list[str]:
                     problems.append(f"{submission.key}: {stem.uri} differs from its sha256/size")
         if events:
             manifest = fetch(f"{prefix}manifest.json")
-            bodies = {e.model_dump_json(by_alias=True, exclude_none=True) for e in events}
+            bodies = {e.model_dump_json(by_alias=True) for e in events}
             if manifest is None:
                 problems.append(f"{submission.key}: no manifest.json")
             elif manifest.decode() not in bodies:

@@ -194,7 +194,9 @@ class RecordingEventPublisher:
 
 
 class CountingSeparator:
-    """A ``Separator`` with ``htdemucs_6s``'s sources that returns ``mix / 6`` per source.
+    """A ``Separator`` with ``htdemucs_6s``'s sources that returns ``mix / 6`` per source
+    (or ``mix * shares[source]``, e.g. ``{"vocals": 1.0}``: the identity on vocals and
+    digital silence on the others).
 
     ``calls`` counts ``separate`` calls. ``raises`` is raised from inside ``separate``.
     With ``block_until_cancelled``, ``separate`` waits (polling ``cancelled()``, as the real
@@ -210,8 +212,14 @@ class CountingSeparator:
         raises: BaseException | None = None,
         block_until_cancelled: bool = False,
         max_block_s: float = 10.0,
+        shares: Mapping[str, float] | None = None,
     ) -> None:
         self._sources = sources
+        self._shares = (
+            {s: shares.get(s, 0.0) for s in sources}
+            if shares is not None
+            else dict.fromkeys(sources, 1 / len(sources))
+        )
         self._model_version = model_version(model)
         self.raises = raises
         self.block_until_cancelled = block_until_cancelled
@@ -237,6 +245,10 @@ class CountingSeparator:
     def model_version(self) -> str:
         return self._model_version
 
+    @property
+    def device_name(self) -> str:
+        return "cpu"
+
     def separate(
         self,
         mix: Audio,
@@ -252,8 +264,7 @@ class CountingSeparator:
             self._wait(cancelled)
         if progress is not None:
             progress(1.0)
-        share = (mix / len(self._sources)).astype(np.float32)
-        return {source: share.copy() for source in self._sources}
+        return {s: (mix * share).astype(np.float32) for s, share in self._shares.items()}
 
     def separate_blocks(
         self,
