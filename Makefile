@@ -60,7 +60,7 @@ schemas: install ## regenerate contracts/schemas from the models
 contracts-check: ## stem-contracts alone in a fresh venv: its tests pass, torch/demucs absent
 	rm -rf .venv-contracts
 	$(PYTHON) -m venv .venv-contracts
-	.venv-contracts/bin/python -m pip install -q -c constraints.txt ./contracts pytest pytest-timeout
+	.venv-contracts/bin/python -m pip install -q -c constraints.txt ./contracts pytest pytest-timeout jsonschema
 	cd /tmp && $(CURDIR)/.venv-contracts/bin/python -c "import importlib.util as u, sys; \
 	  bad = [m for m in ('torch', 'demucs', 'consumer', 'infra') if u.find_spec(m)]; \
 	  sys.exit(f'stem-contracts venv can import {bad}') if bad else print('contracts venv: torch, demucs, consumer, infra not importable')"

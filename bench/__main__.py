@@ -1,7 +1,8 @@
 """``python -m bench`` (``make bench``): see bench/README.md.
 
 ``python -m bench [options]`` runs the side-by-side benchmark; a first argument naming a
-subcommand runs that instead: ``costs`` (per-core CPU costs), ``capacity`` (the capacity
+subcommand runs that instead: ``costs`` (per-core CPU costs), ``analysis`` (the stem
+analysis against the MP3 encode beside it), ``capacity`` (the capacity
 model and docs/capacity.md), ``cpu-path`` (faster CPU forwards), ``gpu-check`` (what
 bench/gpu_check.sh runs).
 """
@@ -37,6 +38,10 @@ def _subcommand(name: str) -> Callable[[Sequence[str]], int] | None:
         from bench.costs import main as costs
 
         return costs
+    if name == "analysis":
+        from bench.costs import analysis_main
+
+        return analysis_main
     if name == "capacity":
         from bench.capacity import main as capacity
 

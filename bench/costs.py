@@ -49,12 +49,13 @@ from bench.measure import ForwardTimer, StageLog
 from bench.runtime import environment
 from bench.workload import MODEL_NAME, model_folder, synth_track
 from consumer import audio
+from consumer.analysis import StemMeter
 from consumer.errors import CorruptAudio
 from consumer.separation import DemucsSeparator
 from consumer.settings import Settings
 from stem_contracts import crc32c_b64
 
-__all__ = ["main", "run_costs"]
+__all__ = ["analysis_main", "main", "run_costs"]
 
 _RESULTS: Final = Path(__file__).resolve().parent / "results"
 DEFAULT_JSON: Final = _RESULTS / "costs.json"
@@ -244,6 +245,22 @@ def _fleet_encode_op(ws: _Workspace, fmt: str, quality: int = 2) -> Op:
     if fmt == "mp3":
         meta |= {"quality": quality, "files": str(out)}
     return Op(name, "mp3" if fmt == "mp3" else "encode", "stem-min", run, meta)
+
+
+def _analysis_op(ws: _Workspace) -> Op:
+    """``consumer.analysis.StemMeter`` as the worker runs it beside each encoder: loudness,
+    peak and the waveform, fed in the encoder's blocks, plus the peaks.json text."""
+    points = Settings().waveform_points
+
+    def run() -> float:
+        for stem in ws.corpus.stems.values():
+            meter = StemMeter(RATE, stem.shape[0], stem.shape[1], points=points)
+            for start in range(0, stem.shape[1], audio.ENCODE_BLOCK_FRAMES):
+                meter.add(stem[:, start : start + audio.ENCODE_BLOCK_FRAMES])
+            json.dumps(meter.result(silence_lufs=-50.0).waveform, separators=(",", ":"))
+        return ws.corpus.stem_minutes
+
+    return Op("analysis: loudness, peak, peaks.json", "analysis", "stem-min", run)
 
 
 def _raw_mp3_op(ws: _Workspace, variant: _Mp3Variant) -> Op:
@@ -471,6 +488,7 @@ def run_costs(
         ops.append(_resample_op(ws))
         ops += [_fleet_encode_op(ws, "mp3", q) for q in qualities]
         ops += [_fleet_encode_op(ws, fmt) for fmt in ("flac", "wav")]
+        ops.append(_analysis_op(ws))
         ops.append(_raw_mp3_op(ws, _Mp3Variant("lameenc", 2)))
         missing = [m for m in ("av", "pedalboard") if not _available(m)]
         if "av" not in missing:
@@ -657,4 +675,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns.json.parent.mkdir(parents=True, exist_ok=True)
     ns.json.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"JSON report: {ns.json}")
+    return 0
+
+
+def analysis_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench analysis``: the stem analysis against the MP3 encode it runs
+    beside, side by side on the same stems (the issue's target: under 5 % of a job's CPU)."""
+    parser = argparse.ArgumentParser(prog="python -m bench analysis", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each stem (60)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions (5)")
+    ns = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    corpus = build_corpus(ns.seconds, seeds=(0,))
+    quality = Settings().mp3_quality
+    with tempfile.TemporaryDirectory(prefix="bench-analysis-") as tmp:
+        ws = _Workspace(corpus, Path(tmp))
+        ops = [_analysis_op(ws), _fleet_encode_op(ws, "mp3", quality)]
+        for op in ops:  # warm-up
+            op.run()
+        for rep in range(ns.reps):
+            for op in ops[rep % 2 :] + ops[: rep % 2]:
+                op.measure()
+    analysis, mp3 = (statistics.median(op.cpu_per_min) for op in ops)
+    print(
+        f"{corpus.stem_minutes:.1f} stem-min, {ns.reps} reps, CPU time (median), per stem-minute:"
+    )
+    print(f"  analysis (loudness, peak, peaks.json)  {analysis:.3f} core-s")
+    print(f"  MP3 320k encode, -q {quality} (the default)   {mp3:.3f} core-s")
+    print(f"  analysis / MP3 encode = {100 * analysis / mp3:.1f} %")
     return 0

@@ -5,9 +5,10 @@ it to disk). :class:`MeteredSource` hands the same blocks to a :class:`StemMeter
 way, so the analysis costs no second read and never holds a stem whole:
 
 - integrated loudness per ITU-R BS.1770-4 (:class:`LoudnessMeter`): pyloudnorm's
-  K-weighting filters run block by block with their state carried over, the mean squares
-  are kept per 100 ms (a quarter of a 400 ms gating block), and the absolute (−70 LUFS) and
-  relative (−10 LU) gates are applied at the end. It gives pyloudnorm's
+  K-weighting filters run block by block as one second-order-sections cascade with its
+  state carried over, the sums of squares are kept per 100 ms (a quarter of a 400 ms
+  gating block), and the absolute (−70 LUFS) and relative (−10 LU) gates are applied at
+  the end. It gives pyloudnorm's
   ``Meter.integrated_loudness`` on the whole stem (tested), without the whole stem;
 - the sample peak;
 - waveform peaks in BBC audiowaveform's JSON format, version 2 (:class:`WaveformBuilder`):
@@ -45,12 +46,14 @@ _QUARTERS: Final = 4  # 75 % overlap: a gating block is four consecutive 100 ms 
 _OFFSET_DB: Final = -0.691
 
 
-def _k_weighting(rate: int) -> list[IIRfilter]:
-    """The two stages of BS.1770's K-weighting, as pyloudnorm's ``Meter`` builds them."""
-    return [
+def _k_weighting(rate: int) -> npt.NDArray[np.float64]:
+    """The two stages of BS.1770's K-weighting, as pyloudnorm's ``Meter`` builds them, as
+    second-order sections (``[b0 b1 b2 a0 a1 a2]`` rows, each stage's gain in its ``b``)."""
+    stages = [
         IIRfilter(4.0, 1 / np.sqrt(2), 1500.0, rate, "high_shelf"),
         IIRfilter(0.0, 0.5, 38.0, rate, "high_pass"),
     ]
+    return np.array([np.concatenate([s.passband_gain * s.b, s.a]) for s in stages])
 
 
 class LoudnessMeter:
@@ -60,28 +63,34 @@ class LoudnessMeter:
         if channels > 3:
             raise ValueError("channel weights beyond L, R, C are not implemented")
         self._rate = sample_rate
+        self._channels = channels
         self._frames = 0
         self._quarter = int(_BLOCK_S / _QUARTERS * sample_rate)
-        self._stages = [
-            (f.b, f.a, f.passband_gain, np.zeros((channels, 2))) for f in _k_weighting(sample_rate)
-        ]
-        self._pending = np.zeros((channels, 0))
-        self._quarters: list[npt.NDArray[np.float64]] = []  # each [channels, k]
+        self._sos = _k_weighting(sample_rate)
+        self._state = np.zeros((len(self._sos), channels, 2))
+        self._quarters: list[npt.NDArray[np.float64]] = []  # sums of squares, [channels, k]
+        self._partial = np.zeros((channels, 1))  # the quarter being filled: its sum so far
+        self._partial_frames = 0
 
     def add(self, block: npt.NDArray[np.float32]) -> None:
-        weighted: npt.NDArray[np.float64] = block.astype(np.float64)
-        for index, (b, a, gain, state) in enumerate(self._stages):
-            weighted, state = scipy.signal.lfilter(b, a, weighted, axis=-1, zi=state)
-            weighted = gain * weighted
-            self._stages[index] = (b, a, gain, state)
-        squares = np.concatenate([self._pending, np.square(weighted)], axis=-1)
-        whole = squares.shape[-1] // self._quarter * self._quarter
+        # float64 (the sections and state are): sosfilt filters a float64 copy of the block
+        weighted, self._state = scipy.signal.sosfilt(self._sos, block, axis=-1, zi=self._state)
+        squares = np.square(weighted, out=weighted)
+        start = 0
+        if self._partial_frames:  # finish the quarter the last block began
+            start = min(self._quarter - self._partial_frames, squares.shape[-1])
+            self._partial += squares[:, :start].sum(axis=-1, keepdims=True)
+            self._partial_frames += start
+            if self._partial_frames == self._quarter:
+                self._quarters.append(self._partial)
+                self._partial, self._partial_frames = np.zeros((self._channels, 1)), 0
+        whole = (squares.shape[-1] - start) // self._quarter * self._quarter
         if whole:
-            channels = squares.shape[0]
-            self._quarters.append(
-                squares[:, :whole].reshape(channels, -1, self._quarter).sum(axis=-1)
-            )
-        self._pending = squares[:, whole:]
+            quarters = squares[:, start : start + whole].reshape(self._channels, -1, self._quarter)
+            self._quarters.append(quarters.sum(axis=-1))
+        if rest := squares.shape[-1] - start - whole:
+            self._partial = squares[:, -rest:].sum(axis=-1, keepdims=True)
+            self._partial_frames = rest
         self._frames += block.shape[-1]
 
     def integrated(self) -> float | None:
@@ -91,9 +100,7 @@ class LoudnessMeter:
         blocks = round((duration - _BLOCK_S) / (_BLOCK_S / _QUARTERS)) + 1
         if blocks < 1 or self._frames < _BLOCK_S * self._rate:
             return None
-        quarters = np.concatenate(
-            [*self._quarters, self._pending.sum(axis=-1, keepdims=True)], axis=-1
-        )
+        quarters = np.concatenate([*self._quarters, self._partial], axis=-1)
         needed = blocks + _QUARTERS - 1
         if quarters.shape[-1] < needed:  # the last blocks reach past the end: zeros
             quarters = np.pad(quarters, ((0, 0), (0, needed - quarters.shape[-1])))

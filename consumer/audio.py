@@ -64,6 +64,7 @@ from stem_contracts import CONTENT_TYPES as _CONTRACT_CONTENT_TYPES
 
 __all__ = [
     "CONTENT_TYPES",
+    "ENCODE_BLOCK_FRAMES",
     "AudioFormat",
     "AudioInfo",
     "BlockSource",
@@ -113,7 +114,8 @@ _MP3_BITRATES_KBPS: Final = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224
 # The MPEG-1 rates: the only ones at which every bitrate above exists, so the CBR asked
 # for is the CBR written.
 _MP3_SAMPLE_RATES: Final = (32_000, 44_100, 48_000)
-_ENCODE_BLOCK_FRAMES: Final = 2**16
+ENCODE_BLOCK_FRAMES: Final = 2**16
+"""Frames an encoder reads from its block source at a time."""
 _IO_CHUNK_BYTES: Final = 1 << 20
 
 
@@ -593,7 +595,7 @@ def _check_encodable(
 def _pcm16_blocks(samples: BlockSource) -> Iterator[npt.NDArray[np.int16]]:
     """Interleaved ``[frames, channels]`` int16 blocks, quantised as ``demucs.audio.i16_pcm``."""
     start = 0
-    for block in samples.blocks(_ENCODE_BLOCK_FRAMES):
+    for block in samples.blocks(ENCODE_BLOCK_FRAMES):
         if not np.isfinite(block).all():
             raise ValueError(f"non-finite samples in frames {start}-{start + block.shape[1]}")
         start += block.shape[1]

@@ -26,7 +26,13 @@ from stem_contracts import (
 from stemctl.display import progress_bars
 from stemctl.dlq.commands import dlq_app
 from stemctl.model import ModelName, ModelRepo, model_app
-from stemctl.results import event_line, results_subscription, show_progress, wait_for_result
+from stemctl.results import (
+    event_line,
+    results_subscription,
+    show_progress,
+    usage_line,
+    wait_for_result,
+)
 from stemctl.support import (
     MP3_BITRATES,
     Device,
@@ -140,6 +146,8 @@ def submit(
                 settings, results, job.job_id, timeout, on_event=show_progress(bar)
             )
     typer.echo(event_line(final))
+    if (line := usage_line(final)) is not None:
+        typer.echo(line, err=True)
     if isinstance(final, StemsFailed):
         raise typer.Exit(code=1)
 
@@ -185,11 +193,14 @@ def results_tail(
         float | None, typer.Option("--timeout", help="Stop after this many seconds.")
     ] = None,
 ) -> None:
-    """Print result events (one JSON object per line) as they arrive; Ctrl-C stops."""
+    """Print result events (one JSON object per line) as they arrive, and on stderr what
+    each processed or failed attempt used and cost; Ctrl-C stops."""
     settings = load_settings()
 
     def show(event: ResultEvent) -> None:
         typer.echo(event_line(event))
+        if (line := usage_line(event)) is not None:
+            typer.echo(line, err=True)
 
     # Ctrl-C / SIGTERM end the wait, then the subscription is closed and deleted in order
     # (a KeyboardInterrupt raised at a random point could skip that clean-up).

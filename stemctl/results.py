@@ -26,6 +26,7 @@ __all__ = [
     "is_final",
     "results_subscription",
     "show_progress",
+    "usage_line",
     "wait_for_result",
 ]
 
@@ -64,6 +65,29 @@ def results_subscription(settings: Settings) -> Iterator[tuple[Any, str]]:
 
 def event_line(event: ResultEvent) -> str:
     return event.model_dump_json(by_alias=True)
+
+
+def usage_line(event: ResultEvent) -> str | None:
+    """One human line on what a processed or failed attempt used and cost (``None`` for
+    other events, and for events from workers that report no usage)."""
+    if not isinstance(event, StemsProcessed | StemsFailed) or event.usage is None:
+        return None
+    usage = event.usage
+    outcome = (
+        f"processed ({len(event.stems)} stems)"
+        if isinstance(event, StemsProcessed)
+        else f"failed ({event.error.code}, attempt {event.attempt})"
+    )
+    audio = "?" if usage.audio_seconds is None else f"{usage.audio_seconds:.1f}"
+    cost = (
+        "no price (STEM_COST_PER_HOUR unset)"
+        if usage.cost_usd is None
+        else (f"${usage.cost_usd:.6f}")
+    )
+    return (
+        f"job {event.job_id} {outcome}: audio {audio} s, worker {usage.worker_seconds:.1f} s, "
+        f"device {usage.device_seconds:.1f} s on {usage.device}, cost {cost}"
+    )
 
 
 def is_final(event: ResultEvent) -> bool:

@@ -89,6 +89,17 @@ def test_a_job_in_each_format_ends_as_stems_processed_with_verified_objects(
         assert (stem.sample_rate, stem.channels) == (44100, 2)
         blob = gcs.bucket(worker_settings.output_bucket).get_blob(split_gcs_uri(stem.uri)[1])
         assert blob.content_type == stem.content_type
+        # analysed: a measured stem of a random-weight model, and its waveform beside it
+        assert stem.silent is not None
+        assert stem.peak_dbfs is not None
+        assert stem.peaks_uri == f"{prefix}/{stem.name}.peaks.json"
+        waveform = json.loads(_object(gcs, stem.peaks_uri))
+        assert (waveform["version"], waveform["bits"]) == (2, 8)
+        assert waveform["length"] == len(waveform["data"]) // 2 > 0
+    assert event.usage is not None
+    assert event.usage.device == "cpu"
+    assert event.usage.audio_seconds == pytest.approx(event.source.duration_seconds)
+    assert 0 < event.usage.device_seconds < event.usage.worker_seconds
     manifest = _object(gcs, f"{prefix}/manifest.json")
     assert decode_event(manifest) == event
 

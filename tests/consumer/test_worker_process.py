@@ -498,6 +498,12 @@ def test_results_tail_prints_events(
         for e in events
         if e.job_id == "tail-1" and not isinstance(e, StemsProgress)
     ] == [(StemsProcessing, 1), (StemsProcessed, 1)]
+    # On stderr, for people: what the job used (the worker has no price: none is made up).
+    assert any(
+        line.startswith("job tail-1 processed (6 stems): audio 1.5 s, worker ")
+        and line.endswith(" on cpu, cost no price (STEM_COST_PER_HOUR unset)")
+        for line in tail.stderr
+    ), tail.stderr
     # --timeout ends it by itself, too.
     assert short.wait(30) == 0, short.stderr
     assert all(decode_event(line.encode()) for line in short.stdout)
