@@ -35,7 +35,13 @@ from infra.provision import apply
 from stem_contracts import Job, JobPublisher, StemsProcessed
 from stemctl.display import human_duration, human_size, print_table, progress_bars
 from stemctl.model import weights_cached
-from stemctl.results import event_line, results_subscription, show_progress, wait_for_result
+from stemctl.results import (
+    event_line,
+    results_subscription,
+    show_progress,
+    usage_line,
+    wait_for_result,
+)
 from stemctl.support import CommandFailed, track_ids
 
 __all__ = ["DEMO_FALLBACK_MODEL", "choose_model", "run_demo"]
@@ -69,26 +75,34 @@ def choose_model(settings: Settings, *, fetch: bool, cache_dir: Path) -> tuple[S
     return settings.model_copy(update={"model": DEMO_FALLBACK_MODEL, "model_repo": folder}), note
 
 
+def _db(value: float | None, unit: str) -> str:
+    return "—" if value is None else f"{value:.1f} {unit}"
+
+
 def _show_stems(event: StemsProcessed) -> None:
     print_table(
-        ["stem", "size", "duration", "uri"],
+        ["stem", "size", "duration", "loudness", "peak", "silent", "uri"],
         [
             [
                 stem.name,
                 human_size(stem.size_bytes),
                 human_duration(stem.duration_seconds),
+                _db(stem.loudness_lufs, "LUFS"),
+                _db(stem.peak_dbfs, "dBFS"),
+                "yes" if stem.silent else "no",
                 stem.uri,
             ]
             for stem in event.stems
         ],
         title=f"stems.processed — {event.model_version}, job {event.job_id}",
-        right={"size", "duration"},
+        right={"size", "duration", "loudness", "peak"},
     )
 
 
 def download_stems(settings: Settings, job: Job, event: StemsProcessed, folder: Path) -> None:
-    """Copy the job's stems and ``manifest.json`` from the store into ``folder``; each stem
-    is crc32c-checked while downloading and must have the sha256 the event reports."""
+    """Copy the job's stems, their ``peaks.json`` and ``manifest.json`` from the store into
+    ``folder``; each stem is crc32c-checked while downloading and must have the sha256 the
+    event reports."""
     store = GcsBlobStore(gcp.storage_client(settings))
     folder.mkdir(parents=True, exist_ok=True)
     for stem in event.stems:
@@ -98,6 +112,11 @@ def download_stems(settings: Settings, job: Job, event: StemsProcessed, folder: 
             digest = hashlib.file_digest(file, "sha256").hexdigest()
         if digest != stem.sha256:
             raise CommandFailed(f"{stem.uri}: sha256 {digest}, the manifest says {stem.sha256}")
+        if stem.peaks_uri is not None:
+            peaks = store.read_bytes(stem.peaks_uri)
+            if peaks is None:
+                raise CommandFailed(f"{stem.peaks_uri}: listed in the manifest but missing")
+            (folder / f"{stem.name}.peaks.json").write_bytes(peaks)
     manifest = store.read_bytes(join_uri(output_prefix(job, settings.output_bucket), MANIFEST_NAME))
     if manifest is None:
         raise CommandFailed(f"{job.job_id}: stems.processed arrived but its manifest is missing")
@@ -159,7 +178,9 @@ def run_demo(
             subscriber=gcp.subscriber_client(settings),
             storage_client=gcp.storage_client(settings),
         )
-        console.print(f"[green]✓[/] provisioned: {', '.join(c.name for c in changes)}")
+        console.print(
+            f"[green]✓[/] provisioned: {', '.join(f'{c.kind} {c.name}' for c in changes)}"
+        )
 
         separator = load_separator(settings)
         console.print(
@@ -209,6 +230,8 @@ def run_demo(
             console.print(f"[red]✗ job failed:[/] {event_line(final)}")
             return 1
         _show_stems(final)
+        if (line := usage_line(final)) is not None:
+            console.print(line, highlight=False)
         console.print(
             f"end to end {elapsed:.2f} s for {human_duration(final.source.duration_seconds)} "
             f"of audio (worker {final.processing_time_ms} ms); "
