@@ -63,7 +63,8 @@ def infra_apply(
         bool, typer.Option("--dry-run", help="Print what would change; change nothing.")
     ] = False,
 ) -> None:
-    """Create or update topics, subscriptions (DLQ, retry policy) and, on the emulator, buckets."""
+    """Create or update topics, subscriptions (DLQ, retry policy), on the emulator buckets,
+    and on real GCP the staging bucket's upload notifications."""
     from infra.provision import apply
 
     settings = load_settings()
@@ -74,6 +75,10 @@ def infra_apply(
         publisher=gcp.publisher_client(settings),
         subscriber=gcp.subscriber_client(settings),
         storage_client=gcp.storage_client(settings) if settings.storage_emulator_host else None,
+        # Real GCP only: fake-gcs-server notifies through its -event.* flags instead.
+        notification_client=None
+        if settings.storage_emulator_host
+        else gcp.storage_client(settings),
     )
     where = f"emulator {settings.pubsub_emulator_host}" if settings.using_emulators else "GCP"
     typer.echo(f"project {project} ({where}){' — dry run, nothing changed' if dry_run else ''}")
@@ -91,6 +96,16 @@ def worker() -> None:
     from consumer.app import run_worker
 
     raise typer.Exit(code=run_worker(load_settings()))
+
+
+@app.command()
+@operator_errors
+def intake() -> None:
+    """Turn uploads into jobs: pull GCS notifications from STEM_UPLOADS_SUBSCRIPTION and
+    publish one job per .wav/.mp3/.flac object to stem-separate, until SIGTERM/SIGINT."""
+    from consumer.intake import run_intake
+
+    raise typer.Exit(code=run_intake(load_settings()))
 
 
 @app.command()
