@@ -11,8 +11,8 @@ resource, its custom ``metadata`` included). The intake is a small CPU consumer 
   generation (:func:`upload_job_id`: a redelivered notification gives the same job, an
   overwritten object — a new generation — a new one); ``trackId`` from the custom metadata
   ``trackId`` when it is a valid id, else from the file name (:func:`track_id_for`);
-  ``format``, ``stems`` (comma list), ``mp3Bitrate``, ``model``, ``correlationId`` and
-  ``reuse`` from custom metadata keys of those names;
+  ``format``, ``stems`` (comma list), ``mp3Bitrate``, ``model`` (default: the fleet's,
+  ``STEM_MODEL``), ``correlationId`` and ``reuse`` from custom metadata keys of those names;
 - any other notification (another object type, another event, outside the prefix) is
   acked and counted;
 - a notification whose metadata makes no valid job (``format: ogg``…) is published to
@@ -145,6 +145,8 @@ def job_for_notification(
         "jobId": job_id,
         "trackId": track_id_for(name, metadata, job_id),
         "sourceUri": f"gs://{bucket}/{name}",
+        # The fleet's model unless the upload names one (the workers refuse other models).
+        "model": settings.model,
     }
     fields.update(
         {key: _metadata_value(key, metadata[key]) for key in JOB_METADATA_KEYS if key in metadata}

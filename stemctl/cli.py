@@ -318,6 +318,15 @@ def demo(
     fetch: Annotated[
         bool, typer.Option("--fetch", help="Download htdemucs_6s weights when not cached.")
     ] = False,
+    upload: Annotated[
+        bool,
+        typer.Option(
+            "--upload",
+            help="Start from an upload: put the file under the staging bucket's incoming/, "
+            "let `stemctl intake` turn the GCS notification into the job; then upload the "
+            "same bytes again and watch that job reuse the stems.",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole fleet on this machine on FILE (or a generated sample), then stop it.
 
@@ -331,7 +340,9 @@ def demo(
     """
     from stemctl.demo import run_demo
 
-    raise typer.Exit(code=run_demo(file, out=out, seconds=seconds, fmt=fmt.value, fetch=fetch))
+    raise typer.Exit(
+        code=run_demo(file, out=out, seconds=seconds, fmt=fmt.value, fetch=fetch, upload=upload)
+    )
 
 
 def main() -> None:

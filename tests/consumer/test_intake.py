@@ -77,6 +77,13 @@ def test_without_metadata_the_job_has_the_contract_defaults() -> None:
     assert job.output_uri is None
 
 
+def test_without_a_model_in_the_metadata_the_job_asks_for_the_fleet_s_model() -> None:
+    settings = Settings(staging_bucket="stage", model="htdemucs_ft")
+    decision = job_for_notification(*_notification(), settings)
+    assert isinstance(decision, Job)
+    assert decision.model == "htdemucs_ft"
+
+
 def test_the_job_id_is_the_same_for_the_same_generation_and_new_for_a_new_one() -> None:
     assert _job(generation="1").job_id == _job(generation="1").job_id
     assert _job(generation="1").job_id != _job(generation="2").job_id
