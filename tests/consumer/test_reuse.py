@@ -176,3 +176,42 @@ def test_a_stale_pointer_is_not_found(damage: str) -> None:
         job = _job(stems=("drums", "bass"))
 
     assert _find(store, job) is None
+
+
+def test_copy_brings_every_object_the_manifest_references_under_the_new_prefix() -> None:
+    store = InMemoryBlobStore()
+    event = _earlier(store, stems=("drums", "vocals"))
+    raw = json.loads(store.objects["gs://out/stems/t0/j0/manifest.json"].data)
+    for stem in raw["stems"]:  # a field this code does not know: stem analysis' peaks
+        stem["peaksUri"] = stem["uri"].replace(".mp3", ".peaks.json")
+        store.put(stem["peaksUri"], b"{}")
+    store.put("gs://out/stems/t0/j0/manifest.json", json.dumps(raw).encode())
+    ReuseIndex(store, "out").remember("k", event, "gs://out/stems/t0/j0")
+    job = _job(stems=("drums", "vocals"))
+    found = _find(store, job)
+    assert found is not None
+
+    copied = ReuseIndex(store, "out").copy(
+        *found,
+        job,
+        "gs://out/stems/t1/j1",
+        {"job_id": "j1", "track_id": "t1", "correlation_id": None, "attempt": 1},
+        processing_time_ms=5,
+    )
+
+    assert copied is not None
+    assert copied.reused_from == "j0"
+    assert [s.uri for s in copied.stems] == [
+        "gs://out/stems/t1/j1/drums.mp3",
+        "gs://out/stems/t1/j1/vocals.mp3",
+    ]
+    assert sorted(store.calls_of("copy")) == sorted(
+        f"gs://out/stems/t0/j0/{name}"
+        for name in ("drums.mp3", "vocals.mp3", "drums.peaks.json", "vocals.peaks.json")
+    )
+    for name in ("drums.peaks.json", "vocals.peaks.json", "manifest.json"):
+        assert f"gs://out/stems/t1/j1/{name}" in store.objects
+    assert copied.source.uri == job.source_uri
+    # The stale check covers those objects too.
+    del store.objects["gs://out/stems/t0/j0/vocals.peaks.json"]
+    assert _find(store, job) is None
