@@ -184,10 +184,11 @@ class UploadIntake:
     ) -> Outcome:
         del stop_requested  # one publish: nothing long to interrupt
         attrs = delivery.attributes
-        log = {
+        target = f"gs://{attrs.get('bucketId', '')}/{attrs.get('objectId', '')}"
+        log: dict[str, Any] = {
             "messageId": delivery.message_id,
             "deliveryAttempt": delivery.delivery_attempt,
-            "object": f"gs://{attrs.get('bucketId', '')}/{attrs.get('objectId', '')}",
+            "object": target,
             "generation": attrs.get("objectGeneration"),
         }
         # A new trace: the upload is where the job's story begins, and the job's
@@ -198,7 +199,7 @@ class UploadIntake:
             attributes={
                 "messaging.system": "gcp_pubsub",
                 "messaging.message.id": delivery.message_id,
-                "stem.object": log["object"],
+                "stem.object": target,
             },
         ) as span:
             outcome, label = self._handle(delivery, log)

@@ -113,7 +113,7 @@ class ReuseIndex:
         data = self._store.read_bytes(self.pointer_uri(key))
         if data is None:
             return None
-        why = "pointer unreadable"
+        why: str | None = "pointer unreadable"
         try:
             pointer = Pointer.model_validate_json(data)
             why = "manifest missing"

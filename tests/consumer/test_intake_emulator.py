@@ -79,6 +79,10 @@ def intake_count(metrics: IntakeMetrics, outcome: str) -> float:
     return value or 0.0
 
 
+def _job_of(span: Any) -> object:
+    return (span.attributes or {}).get("stem.job_id")
+
+
 @pytest.fixture
 def clean_spans() -> None:
     EXPORTER.clear()
@@ -124,12 +128,8 @@ def test_an_upload_becomes_a_job_whose_stems_follow_the_object_metadata(
     assert intake_count(metrics, "job") == 1
     # And the intake's span began the trace the worker's job span continues.
     spans = EXPORTER.get_finished_spans()
-    intake_span = next(
-        s for s in spans if s.name == "stem.intake" and s.attributes["stem.job_id"] == job_id
-    )
-    job_span = next(
-        s for s in spans if s.name == "stem.job" and s.attributes["stem.job_id"] == job_id
-    )
+    (intake_span,) = (s for s in spans if s.name == "stem.intake" and _job_of(s) == job_id)
+    (job_span,) = (s for s in spans if s.name == "stem.job" and _job_of(s) == job_id)
     assert intake_span.parent is None
     assert job_span.context.trace_id == intake_span.context.trace_id
 
@@ -146,9 +146,12 @@ def test_a_file_name_becomes_the_track_id_when_the_metadata_has_no_valid_one(
     upload(gcs, worker_settings.staging_bucket, name, b"not decoded here", trackId="bad id!")
 
     jobs: list[Job] = []
-    assert wait_for(
-        lambda: jobs.extend(decode_job(m.data) for m in jobs_tap.messages()) or jobs, 20
-    )
+
+    def published() -> bool:
+        jobs.extend(decode_job(m.data) for m in jobs_tap.messages())
+        return bool(jobs)
+
+    assert wait_for(published, 20)
     assert jobs[0].track_id == "ber-Track-1"
     assert jobs[0].reuse is True
     assert jobs[0].format == "mp3"

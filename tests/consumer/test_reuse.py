@@ -191,8 +191,10 @@ def test_copy_brings_every_object_the_manifest_references_under_the_new_prefix()
     found = _find(store, job)
     assert found is not None
 
+    pointer, manifest = found
     copied = ReuseIndex(store, "out").copy(
-        *found,
+        pointer,
+        manifest,
         job,
         "gs://out/stems/t1/j1",
         {"job_id": "j1", "track_id": "t1", "correlation_id": None, "attempt": 1},
