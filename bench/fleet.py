@@ -153,9 +153,27 @@ class _DiskBlobStore:
         shutil.copyfile(self._path(uri), dest)
         return info
 
-    def upload(self, src: Path, uri: str, *, content_type: str) -> BlobInfo:
+    def upload(
+        self,
+        src: Path,
+        uri: str,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> BlobInfo:
+        # No custom metadata kept: stems never carry a sha256 here, so a reuse pointer is
+        # always stale and every benchmarked job really separates.
+        del metadata
         self.put(uri, src)
         return BlobInfo(uri, src.stat().st_size, None, content_type)
+
+    def copy(self, src_uri: str, dest_uri: str) -> BlobInfo:
+        if self.stat(src_uri) is None:
+            raise SourceMissing(f"{src_uri} does not exist")
+        self.put(dest_uri, self._path(src_uri))
+        info = self.stat(dest_uri)
+        assert info is not None
+        return info
 
     def read_bytes(self, uri: str) -> bytes | None:
         path = self._path(uri)

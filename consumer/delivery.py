@@ -140,6 +140,9 @@ class Attempt:
         elapsed = self.elapsed()
         if self.metrics is not None and not duplicate:
             self._count(event.usage)
+        if self.metrics is not None and not duplicate and event.reused_from is not None:
+            self.metrics.reused.inc()
+        elif self.metrics is not None and not duplicate:
             self.metrics.audio_seconds.inc(event.source.duration_seconds)
             self.metrics.realtime_factor.observe(event.source.duration_seconds / max(elapsed, 1e-6))
         _log.info(
@@ -148,6 +151,7 @@ class Attempt:
                 **self._log_extra,
                 "durationMs": int(elapsed * 1000),
                 "audioSeconds": event.source.duration_seconds,
+                "reusedFrom": event.reused_from,
                 "stages": {k: round(v, 4) for k, v in self.stages.items()},
             },
         )

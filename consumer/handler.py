@@ -27,6 +27,7 @@ from consumer.events import EventPublisher, JobIds, progress_reporter
 from consumer.manifest import check_stems, existing_result, output_prefix
 from consumer.pipeline import Pipeline
 from consumer.reporting import report_failure
+from consumer.reuse import ReuseIndex
 from consumer.separation import Separator
 from consumer.settings import Settings
 from consumer.stems import DEFAULT_MEMORY_LIMIT_BYTES
@@ -66,6 +67,7 @@ class JobHandler:
             separation_lock=separation_lock,
             workdir=workdir,
             spool_memory_bytes=spool_memory_bytes,
+            reuse=ReuseIndex(store, settings.output_bucket),
         )
         self.fatal_error: BaseException | None = None
         """Set when a job hit an error that means this worker cannot go on."""

@@ -12,6 +12,7 @@ last.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import os
 import tempfile
@@ -29,11 +30,12 @@ from consumer.analysis import MeteredSource, StemMeter
 from consumer.delivery import Attempt
 from consumer.events import EventHeader
 from consumer.manifest import wanted_stems, write_manifest
+from consumer.reuse import SHA256_METADATA, ReuseIndex, reuse_key
 from consumer.separation import SeparationCancelled, Separator
 from consumer.settings import Settings
 from consumer.stems import DEFAULT_MEMORY_LIMIT_BYTES, StemSpool
 from consumer.storage import BlobStore, join_uri
-from stem_contracts import Job, SourceInfo, StemFile, StemsProcessed, split_gcs_uri
+from stem_contracts import Job, SourceInfo, StemFile, StemsProcessed, Usage, split_gcs_uri
 
 __all__ = ["Pipeline", "source_file_name"]
 
@@ -60,13 +62,17 @@ class Pipeline:
         separation_lock: threading.Lock | None = None,
         workdir: Path | None = None,
         spool_memory_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
+        reuse: ReuseIndex | None = None,
     ) -> None:
+        """``reuse``: where reuse pointers live (DESIGN.md "Reuse"); ``None`` = never
+        reuse and write no pointers (``stemctl separate`` on local files)."""
         self._settings = settings
         self._store = store
         self._separator = separator
         self._separation_lock = separation_lock or threading.Lock()
         self._workdir = workdir
         self._spool_memory_bytes = spool_memory_bytes
+        self._reuse = reuse
         # Shared by the jobs in flight: at most one encode per core at a time.
         self._encoders = ThreadPoolExecutor(
             max_workers=settings.encode_workers or os.cpu_count() or 1,
@@ -93,6 +99,35 @@ class Pipeline:
                     job.source_uri, source_path, max_bytes=self._settings.max_audio_bytes
                 )
             attempt.check()
+
+            key = None
+            if self._reuse is not None:
+                # Computed for every job, so a ``reuse: false`` job still leaves its pointer.
+                with source_path.open("rb") as file:
+                    source_sha256 = hashlib.file_digest(file, "sha256").hexdigest()
+                key = reuse_key(source_sha256, job, separator.sources, self._settings)
+                found = (
+                    self._reuse.find(
+                        key,
+                        job,
+                        model_version=separator.model_version,
+                        sources=separator.sources,
+                    )
+                    if job.reuse
+                    else None
+                )
+                if found is not None:
+                    with attempt.timed("upload"):
+                        reused = self._reuse.copy(
+                            *found,
+                            job,
+                            prefix,
+                            header,
+                            started=attempt.started,
+                            usage=lambda seconds: self._reused_usage(attempt, seconds),
+                        )
+                    if reused is not None:
+                        return reused
 
             with attempt.timed("decode"):
                 decoded = audio.decode(
@@ -145,7 +180,13 @@ class Pipeline:
         )
         with attempt.timed("upload"):
             write_manifest(self._store, prefix, event)
+            if key is not None and self._reuse is not None:
+                self._reuse.remember(key, event, prefix)  # after the manifest it points to
         return event
+
+    def _reused_usage(self, attempt: Attempt, audio_seconds: float) -> Usage:
+        attempt.audio_seconds = audio_seconds
+        return attempt.usage(self._separator.device_name, self._settings.cost_per_hour)
 
     def _encode_and_upload(
         self,
@@ -182,7 +223,13 @@ class Pipeline:
                 uri = join_uri(prefix, f"{name}.{job.format}")
                 peaks_uri = join_uri(prefix, f"{name}.peaks.json")
                 with attempt.timed("upload"):
-                    self._store.upload(encoded.path, uri, content_type=encoded.content_type)
+                    self._store.upload(
+                        encoded.path,
+                        uri,
+                        content_type=encoded.content_type,
+                        # What a later job checks before reusing this stem (consumer.reuse).
+                        metadata={SHA256_METADATA: encoded.sha256},
+                    )
                     self._store.write_bytes(
                         peaks_uri,
                         json.dumps(analysis.waveform, separators=(",", ":")).encode(),

@@ -24,17 +24,17 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Final
+from typing import Final, Protocol
 
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.subscriber.message import Message
 from google.cloud.pubsub_v1.types import FlowControl
 
-from consumer.handler import Delivery, JobHandler, Outcome
+from consumer.delivery import Delivery, Outcome
 from consumer.settings import Settings
 from consumer.telemetry import Health
 
-__all__ = ["Worker", "flow_control_for"]
+__all__ = ["MessageHandler", "Worker", "flow_control_for"]
 
 _log = logging.getLogger(__name__)
 
@@ -52,20 +52,38 @@ def flow_control_for(settings: Settings) -> FlowControl:
     )
 
 
+class MessageHandler(Protocol):
+    """What the pull loop hands each delivery to: the job handler
+    (:class:`consumer.handler.JobHandler`) or the upload intake
+    (:class:`consumer.intake.UploadIntake`)."""
+
+    @property
+    def fatal_error(self) -> BaseException | None:
+        """Set when this process cannot go on (the loop stops and exits non-zero)."""
+        ...
+
+    def handle(
+        self, delivery: Delivery, *, stop_requested: Callable[[], bool] = ...
+    ) -> Outcome: ...
+
+
 class Worker:
-    """Pulls jobs from the subscription and hands each to the :class:`JobHandler`."""
+    """Pulls messages from a subscription (``STEM_JOBS_SUBSCRIPTION`` unless given) and
+    hands each to its handler."""
 
     def __init__(
         self,
         settings: Settings,
-        handler: JobHandler,
+        handler: MessageHandler,
         subscriber: pubsub_v1.SubscriberClient,
         *,
+        subscription: str | None = None,
         on_stopped: Callable[[], None] | None = None,
         health: Health | None = None,
     ) -> None:
         self._settings = settings
         self._handler = handler
+        self._subscription = subscription or settings.jobs_subscription
         self._subscriber = subscriber
         self._on_stopped = on_stopped
         self._future: pubsub_v1.subscriber.futures.StreamingPullFuture | None = None
@@ -146,7 +164,7 @@ class Worker:
     def run(self) -> int:
         """Pull until stopped; returns the process exit code."""
         path = self._subscriber.subscription_path(
-            self._settings.require_project(), self._settings.jobs_subscription
+            self._settings.require_project(), self._subscription
         )
         self._future = self._subscriber.subscribe(
             path,

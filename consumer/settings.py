@@ -77,6 +77,21 @@ class Settings(BaseSettings):
         topics.DLQ_SUBSCRIPTION, description="STEM_DLQ_SUBSCRIPTION (stem-dlq)."
     )
 
+    # --- round 2, uploads as a job source (DESIGN.md "Uploads as a job source") -----------
+    uploads_topic: str = Field(
+        topics.UPLOADS_TOPIC,
+        description="STEM_UPLOADS_TOPIC: where GCS notifies finalised uploads (stem-uploads).",
+    )
+    uploads_subscription: str = Field(
+        topics.UPLOADS_SUBSCRIPTION,
+        description="STEM_UPLOADS_SUBSCRIPTION: `stemctl intake`'s subscription (stem-uploads).",
+    )
+    uploads_prefix: str = Field(
+        "incoming/",
+        description="STEM_UPLOADS_PREFIX: objects of STEM_STAGING_BUCKET under this prefix "
+        "become jobs (incoming/).",
+    )
+
     # --- buckets --------------------------------------------------------------------------
     staging_bucket: str = Field(
         "stem-staging", description="STEM_STAGING_BUCKET: where `submit FILE` stages audio."

@@ -16,8 +16,8 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -48,6 +48,8 @@ class BlobInfo:
     size_bytes: int
     crc32c: str | None
     content_type: str | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """The object's custom metadata (stems carry their ``sha256``; a disk keeps none)."""
 
 
 class BlobStore(Protocol):
@@ -61,8 +63,22 @@ class BlobStore(Protocol):
         """Copy ``uri`` to ``dest``, verifying crc32c; refuse more than ``max_bytes``."""
         ...
 
-    def upload(self, src: Path, uri: str, *, content_type: str) -> BlobInfo:
-        """Write ``src`` to ``uri`` (overwriting), verified by crc32c."""
+    def upload(
+        self,
+        src: Path,
+        uri: str,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> BlobInfo:
+        """Write ``src`` to ``uri`` (overwriting), verified by crc32c, with custom
+        ``metadata`` where the store keeps it."""
+        ...
+
+    def copy(self, src_uri: str, dest_uri: str) -> BlobInfo:
+        """Copy ``src_uri`` to ``dest_uri`` inside the store (server-side on GCS: no
+        download), metadata included, verified by crc32c; ``SourceMissing`` when
+        ``src_uri`` does not exist."""
         ...
 
     def read_bytes(self, uri: str) -> bytes | None:
@@ -136,7 +152,7 @@ class GcsBlobStore:
             blob = self._client.bucket(bucket).get_blob(name, timeout=self._timeout)
             if blob is None:
                 return None
-            return BlobInfo(uri, int(blob.size or 0), blob.crc32c, blob.content_type)
+            return _info(uri, blob)
 
         try:
             return self._retry("stat", uri, call)
@@ -171,9 +187,18 @@ class GcsBlobStore:
             raise
         return info
 
-    def upload(self, src: Path, uri: str, *, content_type: str) -> BlobInfo:
+    def upload(
+        self,
+        src: Path,
+        uri: str,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> BlobInfo:
         expected = crc32c_b64(src)
         blob = self._blob(uri)
+        if metadata:
+            blob.metadata = dict(metadata)
 
         def call() -> None:
             blob.upload_from_filename(
@@ -187,7 +212,32 @@ class GcsBlobStore:
                 raise DataCorruption(None, f"stored crc32c {blob.crc32c} != {expected}")
 
         self._retry("upload", uri, call)
-        return BlobInfo(uri, src.stat().st_size, expected, content_type)
+        return BlobInfo(uri, src.stat().st_size, expected, content_type, dict(metadata or {}))
+
+    def copy(self, src_uri: str, dest_uri: str) -> BlobInfo:
+        source = self._blob(src_uri)
+        dest = self._blob(dest_uri)
+
+        def call() -> BlobInfo:
+            # rewrite, not copyTo: GCS may need several calls for a large object or one
+            # that changes location or storage class; each returns a token to go on with.
+            token, _, _ = dest.rewrite(source, timeout=self._timeout, retry=None)
+            while token is not None:
+                token, _, _ = dest.rewrite(source, token=token, timeout=self._timeout, retry=None)
+            dest.reload(timeout=self._timeout, retry=None)
+            return _info(dest_uri, dest)
+
+        try:
+            copied = self._retry("copy", src_uri, call)
+        except gexc.NotFound as exc:  # not transient: tenacity lets it through as it is
+            raise SourceMissing(f"{src_uri} does not exist") from exc
+        original = self.stat(src_uri)
+        if original is None or (original.crc32c, original.size_bytes) != (
+            copied.crc32c,
+            copied.size_bytes,
+        ):
+            raise ChecksumMismatch(f"copy {src_uri} → {dest_uri}: the copy differs from its source")
+        return copied
 
     def read_bytes(self, uri: str) -> bytes | None:
         def call() -> bytes | None:
@@ -285,10 +335,31 @@ class LocalBlobStore:
             raise StorageUnavailable(f"read {path}: {exc.strerror or exc}") from exc
         return BlobInfo(uri, dest.stat().st_size, crc32c_b64(dest), None)
 
-    def upload(self, src: Path, uri: str, *, content_type: str) -> BlobInfo:
+    def upload(
+        self,
+        src: Path,
+        uri: str,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> BlobInfo:
+        del metadata  # a disk keeps no custom metadata
         expected = crc32c_b64(src)
         self._write(uri, expected, lambda file: _copy_into(src, file))
         return BlobInfo(uri, src.stat().st_size, expected, content_type)
+
+    def copy(self, src_uri: str, dest_uri: str) -> BlobInfo:
+        if self.stat(src_uri) is None:
+            raise SourceMissing(f"{src_uri} does not exist or is not a file")
+        source = self.path(src_uri)
+        try:
+            expected = crc32c_b64(source)
+        except FileNotFoundError as exc:
+            raise SourceMissing(f"{source} disappeared while reading it") from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"read {source}: {exc.strerror or exc}") from exc
+        self._write(dest_uri, expected, lambda file: _copy_into(source, file))
+        return BlobInfo(dest_uri, self.path(dest_uri).stat().st_size, expected, None)
 
     def read_bytes(self, uri: str) -> bytes | None:
         if self.stat(uri) is None:
@@ -325,6 +396,12 @@ class LocalBlobStore:
         finally:
             with contextlib.suppress(OSError):
                 part.unlink(missing_ok=True)
+
+
+def _info(uri: str, blob: storage.Blob) -> BlobInfo:
+    return BlobInfo(
+        uri, int(blob.size or 0), blob.crc32c, blob.content_type, dict(blob.metadata or {})
+    )
 
 
 def _copy_into(src: Path, file: io.BufferedWriter) -> None:

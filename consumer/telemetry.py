@@ -32,6 +32,7 @@ from consumer.settings import Settings
 __all__ = [
     "STAGES",
     "Health",
+    "IntakeMetrics",
     "Metrics",
     "TelemetryServer",
     "configure_tracing",
@@ -123,6 +124,12 @@ class Metrics:
             "usage.costUsd of every attempt (only when STEM_COST_PER_HOUR is set).",
             registry=r,
         )
+        self.reused = Counter(
+            "stem_jobs_reused",
+            "Processed jobs answered by server-side copies of an earlier job's stems "
+            "(same reuse key): no separation ran.",
+            registry=r,
+        )
         self.in_flight = Gauge("stem_jobs_in_flight", "Deliveries being worked on.", registry=r)
         self.delivery_attempt = Histogram(
             "stem_delivery_attempt",
@@ -140,6 +147,28 @@ class Metrics:
             registry=r,
         )
         r.register(_GpuCollector())
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class IntakeMetrics:
+    """``stemctl intake``'s Prometheus metrics, on a registry of its own."""
+
+    OUTCOMES: Final = ("job", "ignored", "dead_lettered", "retried")
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.notifications = Counter(
+            "stem_intake",
+            "Upload notifications by outcome: job (published to stem-separate), ignored "
+            "(not audio, not a finalised upload), dead_lettered (metadata makes no valid "
+            "job), retried (publish not confirmed; nacked).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in self.OUTCOMES:  # every series exists from the start, at 0
+            self.notifications.labels(outcome)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -180,7 +209,9 @@ class Health:
 class TelemetryServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` over HTTP (port 0 = any free port)."""
 
-    def __init__(self, metrics: Metrics, health: Health, port: int, host: str = "0.0.0.0"):
+    def __init__(
+        self, metrics: Metrics | IntakeMetrics, health: Health, port: int, host: str = "0.0.0.0"
+    ):
         owner = self
 
         class Handler(BaseHTTPRequestHandler):

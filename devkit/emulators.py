@@ -19,11 +19,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-__all__ = ["EmulatorError", "FakeGcsServer", "PubSubEmulator", "free_port"]
+__all__ = ["EmulatorError", "FakeGcsServer", "GcsNotifications", "PubSubEmulator", "free_port"]
 
 _SDK_GUESSES = ("/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk", "/opt/google-cloud-sdk")
 
@@ -58,6 +59,10 @@ class _Server:
     def _ready(self) -> bool:
         raise NotImplementedError
 
+    def _environment(self) -> dict[str, str] | None:
+        """The child's environment (``None``: this process's)."""
+        return None
+
     def _log_tail(self, lines: int = 30) -> str:
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"
@@ -73,7 +78,11 @@ class _Server:
         # A session of its own so stop() can end the whole tree (the emulator's launcher
         # script starts a JVM).
         self._process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self._environment(),
         )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
@@ -206,13 +215,57 @@ class PubSubEmulator(_Server):
             self._data_dir = None
 
 
+@dataclass(frozen=True)
+class GcsNotifications:
+    """What fake-gcs-server notifies to the Pub/Sub emulator, as GCS would with a bucket
+    notification config: ``OBJECT_FINALIZE`` (and delete) events of objects of ``bucket``
+    under ``prefix``, published to ``projects/{project}/topics/{topic}`` in the
+    ``JSON_API_V1`` format (attributes ``eventType``, ``bucketId``, ``objectId``,
+    ``objectGeneration``, ``payloadFormat``; data = the object resource with its custom
+    metadata). The topic may be created after the server starts."""
+
+    pubsub_host: str
+    project: str
+    bucket: str
+    topic: str = "stem-uploads"
+    prefix: str = "incoming/"
+
+
 class FakeGcsServer(_Server):
-    """fake-gcs-server with an in-memory backend."""
+    """fake-gcs-server with an in-memory backend (optionally notifying uploads)."""
 
     name = "fake-gcs-server"
 
-    def __init__(self, port: int | None = None, *, start_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        notifications: GcsNotifications | None = None,
+        start_timeout_s: float = 30.0,
+    ) -> None:
         super().__init__(port, start_timeout_s)
+        self.notifications = notifications
+
+    def _environment(self) -> dict[str, str] | None:
+        if self.notifications is None:
+            return None
+        # fake-gcs-server's Pub/Sub client finds the emulator the standard way.
+        return {**os.environ, "PUBSUB_EMULATOR_HOST": self.notifications.pubsub_host}
+
+    def _event_flags(self) -> list[str]:
+        events = self.notifications
+        if events is None:
+            return []
+        return [
+            "-event.pubsub-project-id",
+            events.project,
+            "-event.pubsub-topic",
+            events.topic,
+            "-event.bucket",
+            events.bucket,
+            "-event.object-prefix",
+            events.prefix,
+        ]
 
     @property
     def url(self) -> str:
@@ -252,6 +305,7 @@ class FakeGcsServer(_Server):
             self.url,
             "-log-level",
             "warn",
+            *self._event_flags(),
         ]
 
     def _ready(self) -> bool:

@@ -1,4 +1,5 @@
-"""Idempotent provisioning of the fleet's topics, subscriptions and (on the emulator) buckets.
+"""Idempotent provisioning of the fleet's topics, subscriptions, (on the emulator) buckets and
+(on real GCP) the staging bucket's upload notifications.
 
 ``apply`` reads what exists, compares it with what the settings describe, and creates or
 updates only what differs; a second run reports every resource as ``ok``. ``dry_run``
@@ -18,10 +19,23 @@ from google.protobuf import duration_pb2, field_mask_pb2
 
 from consumer.settings import Settings
 
-__all__ = ["DLQ_RETENTION_S", "Change", "ProvisioningError", "apply", "desired_subscriptions"]
+__all__ = [
+    "DLQ_RETENTION_S",
+    "UPLOAD_EVENT_TYPES",
+    "UPLOAD_PAYLOAD_FORMAT",
+    "Change",
+    "ProvisioningError",
+    "apply",
+    "desired_subscriptions",
+]
 
 DLQ_RETENTION_S = 7 * 24 * 3600
 """Dead letters are kept for the longest retention Pub/Sub allows: 7 days."""
+
+UPLOAD_EVENT_TYPES = ("OBJECT_FINALIZE",)
+"""The GCS events that become jobs (DESIGN.md "Uploads as a job source")."""
+UPLOAD_PAYLOAD_FORMAT = "JSON_API_V1"
+"""The notification carries the object resource, custom metadata included."""
 
 Action = Literal["create", "update", "ok"]
 
@@ -35,7 +49,7 @@ class Change:
     """One resource and what ``apply`` did (or, in a dry run, would do) to it."""
 
     action: Action
-    kind: Literal["topic", "subscription", "bucket"]
+    kind: Literal["topic", "subscription", "bucket", "notification"]
     name: str
     detail: str = ""
 
@@ -79,7 +93,23 @@ def desired_subscriptions(settings: Settings, project: str) -> list[pubsub_v1.ty
         message_retention_duration=_duration(DLQ_RETENTION_S),
         expiration_policy=_NEVER_EXPIRE,
     )
-    return [jobs, dlq]
+    # Upload notifications: a notification the intake cannot turn into a job and cannot
+    # dead-letter itself (its publish keeps failing) reaches stem-dlq through this policy.
+    uploads = pubsub_v1.types.Subscription(
+        name=sub + settings.uploads_subscription,
+        topic=topic + settings.uploads_topic,
+        ack_deadline_seconds=settings.ack_deadline_s,
+        dead_letter_policy=pubsub_v1.types.DeadLetterPolicy(
+            dead_letter_topic=topic + settings.dlq_topic,
+            max_delivery_attempts=settings.max_delivery_attempts,
+        ),
+        retry_policy=pubsub_v1.types.RetryPolicy(
+            minimum_backoff=_duration(settings.min_retry_backoff_s),
+            maximum_backoff=_duration(settings.max_retry_backoff_s),
+        ),
+        expiration_policy=_NEVER_EXPIRE,
+    )
+    return [jobs, dlq, uploads]
 
 
 # The subscription fields apply manages (topic is fixed at creation).
@@ -131,7 +161,12 @@ def _apply_topics(
     settings: Settings, project: str, publisher: pubsub_v1.PublisherClient, dry_run: bool
 ) -> list[Change]:
     changes = []
-    for name in (settings.jobs_topic, settings.results_topic, settings.dlq_topic):
+    for name in (
+        settings.jobs_topic,
+        settings.results_topic,
+        settings.dlq_topic,
+        settings.uploads_topic,
+    ):
         path = publisher.topic_path(project, name)
         try:
             publisher.get_topic(request={"topic": path})
@@ -195,6 +230,55 @@ def _apply_buckets(settings: Settings, client: storage.Client, dry_run: bool) ->
     return changes
 
 
+def _notification_matches(
+    notification: storage.notification.BucketNotification, settings: Settings, project: str
+) -> bool:
+    return (
+        notification.topic_project == project
+        and notification.topic_name == settings.uploads_topic
+        and tuple(notification.event_types or ()) == UPLOAD_EVENT_TYPES
+        and notification.blob_name_prefix == settings.uploads_prefix
+        and notification.payload_format == UPLOAD_PAYLOAD_FORMAT
+    )
+
+
+def _apply_notification(
+    settings: Settings, project: str, client: storage.Client, dry_run: bool
+) -> list[Change]:
+    """The staging bucket notifies finalised uploads to the uploads topic, once.
+
+    A config to the uploads topic with another prefix, event types or payload is replaced
+    (GCS cannot update one in place); configs to other topics are left alone.
+    """
+    bucket = client.bucket(settings.staging_bucket)
+    name = f"{settings.staging_bucket} → {settings.uploads_topic}"
+    detail = (
+        f"{', '.join(UPLOAD_EVENT_TYPES)} under {settings.uploads_prefix}, {UPLOAD_PAYLOAD_FORMAT}"
+    )
+    ours = [
+        n
+        for n in bucket.list_notifications()
+        if n.topic_project == project and n.topic_name == settings.uploads_topic
+    ]
+    if any(_notification_matches(n, settings, project) for n in ours):
+        stale = [n for n in ours if not _notification_matches(n, settings, project)]
+        if not dry_run:
+            for notification in stale:  # a second config would notify every upload twice
+                notification.delete()
+        return [Change("update" if stale else "ok", "notification", name, detail)]
+    if not dry_run:
+        for notification in ours:
+            notification.delete()
+        bucket.notification(
+            topic_name=settings.uploads_topic,
+            topic_project=project,
+            event_types=list(UPLOAD_EVENT_TYPES),
+            blob_name_prefix=settings.uploads_prefix,
+            payload_format=UPLOAD_PAYLOAD_FORMAT,
+        ).create()
+    return [Change("update" if ours else "create", "notification", name, detail)]
+
+
 def apply(
     settings: Settings,
     *,
@@ -202,16 +286,23 @@ def apply(
     publisher: pubsub_v1.PublisherClient,
     subscriber: pubsub_v1.SubscriberClient,
     storage_client: storage.Client | None = None,
+    notification_client: storage.Client | None = None,
 ) -> list[Change]:
-    """Bring topics, subscriptions and (given a storage client) buckets to the settings.
+    """Bring topics, subscriptions, (given a storage client) buckets and (given a
+    notification client) the staging bucket's upload notifications to the settings.
 
-    Topics come first: a subscription's dead-letter topic must exist before it. Buckets
-    are only managed when ``storage_client`` is given — the CLI passes one against
-    fake-gcs-server; on real GCP buckets belong to Terraform (lifecycle rules, IAM).
+    Topics come first: a subscription's dead-letter topic must exist before it, and a
+    notification's topic before the notification. Buckets are only managed when
+    ``storage_client`` is given — the CLI passes one against fake-gcs-server; on real GCP
+    buckets belong to Terraform (lifecycle rules, IAM). The notification config is only
+    managed with ``notification_client`` — the CLI passes one on real GCP: fake-gcs-server
+    has no notification API (it is started with its ``-event.*`` flags instead).
     """
     project = settings.require_project()
     changes = _apply_topics(settings, project, publisher, dry_run)
     changes += _apply_subscriptions(settings, project, subscriber, dry_run)
     if storage_client is not None:
         changes += _apply_buckets(settings, storage_client, dry_run)
+    if notification_client is not None:
+        changes += _apply_notification(settings, project, notification_client, dry_run)
     return changes

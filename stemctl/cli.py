@@ -69,7 +69,8 @@ def infra_apply(
         bool, typer.Option("--dry-run", help="Print what would change; change nothing.")
     ] = False,
 ) -> None:
-    """Create or update topics, subscriptions (DLQ, retry policy) and, on the emulator, buckets."""
+    """Create or update topics, subscriptions (DLQ, retry policy), on the emulator buckets,
+    and on real GCP the staging bucket's upload notifications."""
     from infra.provision import apply
 
     settings = load_settings()
@@ -80,6 +81,10 @@ def infra_apply(
         publisher=gcp.publisher_client(settings),
         subscriber=gcp.subscriber_client(settings),
         storage_client=gcp.storage_client(settings) if settings.storage_emulator_host else None,
+        # Real GCP only: fake-gcs-server notifies through its -event.* flags instead.
+        notification_client=None
+        if settings.storage_emulator_host
+        else gcp.storage_client(settings),
     )
     where = f"emulator {settings.pubsub_emulator_host}" if settings.using_emulators else "GCP"
     typer.echo(f"project {project} ({where}){' — dry run, nothing changed' if dry_run else ''}")
@@ -97,6 +102,16 @@ def worker() -> None:
     from consumer.app import run_worker
 
     raise typer.Exit(code=run_worker(load_settings()))
+
+
+@app.command()
+@operator_errors
+def intake() -> None:
+    """Turn uploads into jobs: pull GCS notifications from STEM_UPLOADS_SUBSCRIPTION and
+    publish one job per .wav/.mp3/.flac object to stem-separate, until SIGTERM/SIGINT."""
+    from consumer.intake import run_intake
+
+    raise typer.Exit(code=run_intake(load_settings()))
 
 
 @app.command()
@@ -314,6 +329,15 @@ def demo(
     fetch: Annotated[
         bool, typer.Option("--fetch", help="Download htdemucs_6s weights when not cached.")
     ] = False,
+    upload: Annotated[
+        bool,
+        typer.Option(
+            "--upload",
+            help="Start from an upload: put the file under the staging bucket's incoming/, "
+            "let `stemctl intake` turn the GCS notification into the job; then upload the "
+            "same bytes again and watch that job reuse the stems.",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole fleet on this machine on FILE (or a generated sample), then stop it.
 
@@ -327,7 +351,9 @@ def demo(
     """
     from stemctl.demo import run_demo
 
-    raise typer.Exit(code=run_demo(file, out=out, seconds=seconds, fmt=fmt.value, fetch=fetch))
+    raise typer.Exit(
+        code=run_demo(file, out=out, seconds=seconds, fmt=fmt.value, fetch=fetch, upload=upload)
+    )
 
 
 def main() -> None:

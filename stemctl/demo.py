@@ -6,6 +6,11 @@ user's file, or a generated multi-instrument sample, submitted with
 ``stems.processed`` → a table of the stems → with ``--out``, the stems and
 ``manifest.json`` downloaded from fake-gcs-server (crc32c and sha256 checked) → everything
 stopped again: worker, emulators, temporary files, and the environment variables it set.
+
+With ``--upload`` the job comes from an upload instead (DESIGN.md "Uploads as a job
+source"): fake-gcs-server notifies the emulator as GCS would, an intake (in this process)
+turns the notification into the job; then the same bytes are uploaded again under another
+name, and that job is answered by copying the first one's stems (DESIGN.md "Reuse").
 """
 
 from __future__ import annotations
@@ -25,14 +30,15 @@ from rich.console import Console
 
 from consumer import gcp
 from consumer.app import build_worker, load_separator
+from consumer.intake import build_intake, upload_job_id
 from consumer.manifest import MANIFEST_NAME, output_prefix
 from consumer.settings import Settings
 from consumer.storage import GcsBlobStore, join_uri
-from devkit.emulators import FakeGcsServer, PubSubEmulator
+from devkit.emulators import FakeGcsServer, GcsNotifications, PubSubEmulator
 from devkit.models import write_local_model
 from devkit.synth import multi_instrument_mix
 from infra.provision import apply
-from stem_contracts import Job, JobPublisher, StemsProcessed
+from stem_contracts import Job, JobPublisher, ResultEvent, StemsProcessed
 from stemctl.display import human_duration, human_size, print_table, progress_bars
 from stemctl.model import weights_cached
 from stemctl.results import (
@@ -99,6 +105,60 @@ def _show_stems(event: StemsProcessed) -> None:
     )
 
 
+def _follow(settings: Settings, results: tuple[object, str], job_id: str) -> ResultEvent:
+    """The job's final event, with a progress bar fed by its ``stems.progress``."""
+    with progress_bars() as bars:
+        bar = bars.add(f"job {job_id}", phase="queued")
+        return wait_for_result(settings, results, job_id, timeout=600, on_event=show_progress(bar))
+
+
+def _through_uploads(
+    settings: Settings,
+    results: tuple[object, str],
+    source: Path,
+    what: str,
+    track: str,
+    fmt: str,
+    console: Console,
+    stack: contextlib.ExitStack,
+) -> tuple[Job, ResultEvent]:
+    """Upload ``source`` under the uploads prefix and follow the job the intake makes of
+    it; then upload the same bytes under a second name and show that job reusing the
+    first one's stems. Returns the first job and its final event."""
+    intake = build_intake(settings)
+    thread = threading.Thread(target=intake.run, name="demo-intake", daemon=True)
+    thread.start()
+    stack.callback(thread.join, 30)
+    stack.callback(intake.request_stop, "demo finished")
+    intake.ready.wait(30)
+    console.print(f"[green]✓[/] intake pulling from {settings.uploads_subscription}")
+    bucket = gcp.storage_client(settings).bucket(settings.staging_bucket)
+    finals: list[tuple[Job, ResultEvent, float]] = []
+    for name in (f"{track}{source.suffix}", f"{track}-copy{source.suffix}"):
+        blob = bucket.blob(settings.uploads_prefix + name)
+        blob.metadata = {"trackId": track, "format": fmt}
+        started = time.monotonic()
+        blob.upload_from_filename(str(source))
+        job_id = upload_job_id(bucket.name, blob.name, str(blob.generation))
+        console.print(
+            f"[green]✓[/] uploaded {what} to gs://{bucket.name}/{blob.name} "
+            f"(generation {blob.generation}, metadata {blob.metadata}) → job {job_id}"
+        )
+        final = _follow(settings, results, job_id)
+        job = Job(job_id=job_id, track_id=track, source_uri=f"gs://{bucket.name}/{blob.name}")
+        finals.append((job, final, time.monotonic() - started))
+        if not isinstance(final, StemsProcessed):
+            break
+    for job, final, wall in finals:
+        if isinstance(final, StemsProcessed):
+            how = f"stems copied from {final.reused_from}" if final.reused_from else "separated"
+            console.print(
+                f"  {job.job_id}: {how}; worker {final.processing_time_ms} ms, "
+                f"upload to stems.processed {wall:.2f} s"
+            )
+    return finals[0][0], finals[0][1]
+
+
 def download_stems(settings: Settings, job: Job, event: StemsProcessed, folder: Path) -> None:
     """Copy the job's stems, their ``peaks.json`` and ``manifest.json`` from the store into
     ``folder``; each stem is crc32c-checked while downloading and must have the sha256 the
@@ -145,9 +205,11 @@ def run_demo(
     seconds: float = 4.0,
     fmt: str = "mp3",
     fetch: bool = False,
+    upload: bool = False,
 ) -> int:
     """Run the demo on ``file`` (default: a generated sample of ``seconds``); with ``out``,
-    leave the stems in ``out/{track}/``. Returns the exit code (0 when it was separated)."""
+    leave the stems in ``out/{track}/``; with ``upload``, through an upload and the intake.
+    Returns the exit code (0 when it was separated)."""
     console = Console(soft_wrap=True)  # piped output: long lines stay whole
     started = time.monotonic()
     track = track_ids([file])[0] if file is not None else "demo-track"
@@ -155,7 +217,15 @@ def run_demo(
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="stem-demo-")))
         with console.status("starting the Pub/Sub emulator and fake-gcs-server…"):
             pubsub = stack.enter_context(PubSubEmulator())
-            gcs = stack.enter_context(FakeGcsServer())
+            defaults = Settings(project="stem-demo")
+            notify = GcsNotifications(
+                pubsub.host,
+                "stem-demo",
+                defaults.staging_bucket,
+                defaults.uploads_topic,
+                defaults.uploads_prefix,
+            )
+            gcs = stack.enter_context(FakeGcsServer(notifications=notify if upload else None))
         stack.enter_context(
             _environment(PUBSUB_EMULATOR_HOST=pubsub.host, STORAGE_EMULATOR_HOST=gcs.url)
         )
@@ -201,27 +271,25 @@ def run_demo(
         submitted_at = time.monotonic()
         try:
             with results_subscription(settings) as results:
-                with JobPublisher(
-                    "stem-demo",
-                    staging_bucket=settings.staging_bucket,
-                    storage_client=gcp.storage_client(settings),
-                ) as jobs:
-                    submitted = jobs.submit_file(
-                        source,
-                        track_id=track,
-                        model=settings.model,
-                        format=fmt,  # type: ignore[arg-type]
+                if upload:
+                    job, final = _through_uploads(
+                        settings, results, source, what, track, fmt, console, stack
                     )
-                console.print(f"[green]✓[/] submitted {what} as job {submitted.job.job_id}")
-                with progress_bars() as bars:
-                    bar = bars.add(f"job {submitted.job.job_id}", phase="queued")
-                    final = wait_for_result(
-                        settings,
-                        results,
-                        submitted.job.job_id,
-                        timeout=600,
-                        on_event=show_progress(bar),
-                    )
+                else:
+                    with JobPublisher(
+                        "stem-demo",
+                        staging_bucket=settings.staging_bucket,
+                        storage_client=gcp.storage_client(settings),
+                    ) as jobs:
+                        submitted = jobs.submit_file(
+                            source,
+                            track_id=track,
+                            model=settings.model,
+                            format=fmt,  # type: ignore[arg-type]
+                        )
+                    job = submitted.job
+                    console.print(f"[green]✓[/] submitted {what} as job {job.job_id}")
+                    final = _follow(settings, results, job.job_id)
         finally:
             worker.request_stop("demo finished")
             thread.join(60)
@@ -239,7 +307,7 @@ def run_demo(
         )
         if out is not None:
             folder = Path(os.path.abspath(out)) / track
-            download_stems(settings, submitted.job, final, folder)
+            download_stems(settings, job, final, folder)
             console.print(
                 f"[green]✓[/] {len(final.stems)} stems and {MANIFEST_NAME} downloaded to {folder}"
             )

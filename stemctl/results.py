@@ -84,6 +84,8 @@ def usage_line(event: ResultEvent) -> str | None:
         if usage.cost_usd is None
         else (f"${usage.cost_usd:.6f}")
     )
+    if isinstance(event, StemsProcessed) and event.reused_from is not None:
+        outcome += f" reusing the stems of job {event.reused_from}"
     return (
         f"job {event.job_id} {outcome}: audio {audio} s, worker {usage.worker_seconds:.1f} s, "
         f"device {usage.device_seconds:.1f} s on {usage.device}, cost {cost}"

@@ -62,25 +62,41 @@ def _tracing() -> None:
     trace.set_tracer_provider(provider)
 
 
+UPLOADS_PROJECT = "uploads-test"
+"""The one project whose staging bucket fake-gcs-server notifies (its ``-event.*`` flags
+name one project and one bucket for the whole server)."""
+UPLOADS_BUCKET = "uploads-staging"
+
+
 @dataclass(frozen=True)
 class Emulators:
     pubsub_host: str
     storage_url: str
+    uploads_project: str = UPLOADS_PROJECT
+    """Objects of ``uploads_bucket`` under ``incoming/`` are notified to this project's
+    ``stem-uploads`` topic (every other bucket of every test stays silent)."""
+    uploads_bucket: str = UPLOADS_BUCKET
 
 
 @pytest.fixture(scope="session")
 def emulators() -> Iterator[Emulators]:
-    """Start both servers on free loopback ports; point the client libraries at them."""
-    from devkit.emulators import FakeGcsServer, PubSubEmulator
+    """Start both servers on free loopback ports; point the client libraries at them.
 
-    with PubSubEmulator() as pubsub, FakeGcsServer() as gcs:
-        os.environ["PUBSUB_EMULATOR_HOST"] = pubsub.host
-        os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
-        try:
-            yield Emulators(pubsub.host, gcs.url)
-        finally:
-            del os.environ["PUBSUB_EMULATOR_HOST"]
-            del os.environ["STORAGE_EMULATOR_HOST"]
+    fake-gcs-server notifies uploads of one bucket (``UPLOADS_BUCKET``) as GCS does,
+    to the emulator's ``UPLOADS_PROJECT``: the ``uploads_settings`` fixture's tests.
+    """
+    from devkit.emulators import FakeGcsServer, GcsNotifications, PubSubEmulator
+
+    with PubSubEmulator() as pubsub:
+        notify = GcsNotifications(pubsub.host, UPLOADS_PROJECT, UPLOADS_BUCKET)
+        with FakeGcsServer(notifications=notify) as gcs:
+            os.environ["PUBSUB_EMULATOR_HOST"] = pubsub.host
+            os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
+            try:
+                yield Emulators(pubsub.host, gcs.url)
+            finally:
+                del os.environ["PUBSUB_EMULATOR_HOST"]
+                del os.environ["STORAGE_EMULATOR_HOST"]
 
 
 @pytest.fixture
@@ -98,6 +114,30 @@ def settings(emulators: Emulators, unique: str) -> Settings:
     from tests.support.settings_env import isolated_settings
 
     return isolated_settings(emulators.pubsub_host, emulators.storage_url, unique)
+
+
+@pytest.fixture
+def uploads_settings(emulators: Emulators, unique: str) -> Settings:
+    """Settings on the project and staging bucket fake-gcs-server notifies, emptied of the
+    topics and subscriptions an earlier test left (tests share that one project, not
+    their objects: each gets its own output bucket, and names its uploads uniquely)."""
+    from google.cloud import pubsub_v1
+
+    from tests.support.settings_env import isolated_settings
+
+    project = f"projects/{emulators.uploads_project}"
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    try:
+        for sub in subscriber.list_subscriptions(request={"project": project}):
+            subscriber.delete_subscription(request={"subscription": sub.name})
+        for topic in publisher.list_topics(request={"project": project}):
+            publisher.delete_topic(request={"topic": topic.name})
+    finally:
+        publisher.stop()
+        subscriber.close()
+    return isolated_settings(emulators.pubsub_host, emulators.storage_url, unique).model_copy(
+        update={"project": emulators.uploads_project, "staging_bucket": emulators.uploads_bucket}
+    )
 
 
 @pytest.fixture

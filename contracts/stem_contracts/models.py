@@ -161,6 +161,14 @@ class Job(_Wire):
     correlation_id: Annotated[str, StringConstraints(max_length=256)] | None = _unset()
     submitted_at: AwareDatetime | None = _unset()
 
+    # --- round 2, reuse (DESIGN.md "Reuse") ---------------------------------------------
+    reuse: bool = Field(
+        default=True,
+        description="may be answered by server-side copies of an earlier job's stems with "
+        "the same reuse key (same source bytes, model, format, bitrate, stems and worker "
+        "settings); false always separates",
+    )
+
     @model_validator(mode="after")
     def _check_stems(self) -> Job:
         if self.stems is None:
@@ -274,6 +282,12 @@ class StemsProcessed(_Event):
     processing_time_ms: int = Field(ge=0)
     completed_at: datetime
     usage: Usage | None = _unset("what the attempt used; absent from events before round 2")
+
+    # --- round 2, reuse (DESIGN.md "Reuse") ---------------------------------------------
+    reused_from: Identifier | None = _unset(
+        "jobId of the earlier job whose stems were copied for this one; absent when the "
+        "stems were separated for this job"
+    )
 
 
 class ErrorInfo(_Wire):

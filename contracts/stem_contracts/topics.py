@@ -10,6 +10,8 @@ __all__ = [
     "JOBS_SUBSCRIPTION",
     "JOBS_TOPIC",
     "RESULTS_TOPIC",
+    "UPLOADS_SUBSCRIPTION",
+    "UPLOADS_TOPIC",
 ]
 
 JOBS_TOPIC: Final = "stem-separate"
@@ -22,3 +24,7 @@ DLQ_TOPIC: Final = "stem-dlq"
 """Dead-lettered jobs: ours (with ``errorCode``) and Pub/Sub's (delivery limit)."""
 DLQ_SUBSCRIPTION: Final = "stem-dlq"
 """Holds the dead letters until an operator replays or purges them."""
+UPLOADS_TOPIC: Final = "stem-uploads"
+"""GCS ``OBJECT_FINALIZE`` notifications of the staging bucket's uploads prefix."""
+UPLOADS_SUBSCRIPTION: Final = "stem-uploads"
+"""``stemctl intake``'s subscription (dead-letter policy → ``stem-dlq``)."""

@@ -27,6 +27,9 @@ output "worker_env" {
     STEM_RESULTS_TOPIC         = google_pubsub_topic.results.name
     STEM_DLQ_TOPIC             = google_pubsub_topic.dlq.name
     STEM_DLQ_SUBSCRIPTION      = google_pubsub_subscription.dlq.name
+    STEM_UPLOADS_TOPIC         = google_pubsub_topic.uploads.name
+    STEM_UPLOADS_SUBSCRIPTION  = google_pubsub_subscription.uploads.name
+    STEM_UPLOADS_PREFIX        = var.uploads_prefix
     STEM_STAGING_BUCKET        = google_storage_bucket.staging.name
     STEM_OUTPUT_BUCKET         = google_storage_bucket.output.name
     STEM_ALLOWED_BUCKETS       = "${google_storage_bucket.staging.name},${google_storage_bucket.output.name}"

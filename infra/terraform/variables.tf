@@ -52,6 +52,26 @@ variable "dlq_subscription" {
   default     = "stem-dlq"
 }
 
+# --- uploads (STEM_UPLOADS_TOPIC, STEM_UPLOADS_SUBSCRIPTION, STEM_UPLOADS_PREFIX) --------------
+
+variable "uploads_topic" {
+  description = "STEM_UPLOADS_TOPIC: where the staging bucket notifies finalised uploads."
+  type        = string
+  default     = "stem-uploads"
+}
+
+variable "uploads_subscription" {
+  description = "STEM_UPLOADS_SUBSCRIPTION: what `stemctl intake` pulls."
+  type        = string
+  default     = "stem-uploads"
+}
+
+variable "uploads_prefix" {
+  description = "STEM_UPLOADS_PREFIX: objects of the staging bucket under it become jobs."
+  type        = string
+  default     = "incoming/"
+}
+
 variable "max_delivery_attempts" {
   description = "STEM_MAX_DELIVERY_ATTEMPTS: deliveries before Pub/Sub dead-letters a job."
   type        = number
@@ -141,6 +161,12 @@ variable "k8s_service_account" {
   description = "The worker's Kubernetes service account, bound to the worker's Google one."
   type        = string
   default     = "stem-worker"
+}
+
+variable "k8s_intake_service_account" {
+  description = "The intake's Kubernetes service account, bound to the intake's Google one."
+  type        = string
+  default     = "stem-intake"
 }
 
 variable "autoscaler_k8s_service_accounts" {

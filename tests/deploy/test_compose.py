@@ -22,7 +22,7 @@ from tests.deploy.support import (
 )
 from tests.support.settings_env import settings_env_names
 
-STEM_IMAGE_SERVICES = ("provision", "worker", "stemctl")
+STEM_IMAGE_SERVICES = ("provision", "intake", "worker", "stemctl")
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,26 @@ def test_emulator_hosts_are_the_emulator_services_and_their_ports(
     assert _flag(gcs_command, "-scheme") == "http"
     assert services["pubsub"]["ports"] == [f"{pubsub_port}:{pubsub_port}"]
     assert services["gcs"]["ports"] == [f"{gcs_port}:{gcs_port}"]
+
+
+def test_fake_gcs_server_notifies_uploads_to_the_intake_s_subscription(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    gcs = _argv(services["gcs"]["command"])
+    intake = services["intake"]
+    settings = settings_from(_env(intake))
+    assert _argv(intake["entrypoint"]) == ["stemctl"]
+    assert _argv(intake["command"]) == ["intake"]
+    check_stemctl_invocation(_argv(intake["command"]))
+    # Published where `infra apply` creates the topic the intake's subscription is on, for
+    # the bucket and prefix the intake turns into jobs.
+    assert _flag(gcs, "-event.pubsub-project-id") == settings.project
+    assert _flag(gcs, "-event.pubsub-topic") == settings.uploads_topic
+    assert _flag(gcs, "-event.bucket") == settings.staging_bucket
+    assert _flag(gcs, "-event.object-prefix") == settings.uploads_prefix
+    gcs_env = services["gcs"]["environment"]
+    assert gcs_env["PUBSUB_EMULATOR_HOST"] == settings.pubsub_emulator_host
+    assert intake["depends_on"]["provision"] == {"condition": "service_completed_successfully"}
 
 
 def test_health_checks_gate_the_start_order(services: dict[str, dict[str, Any]]) -> None:

@@ -42,8 +42,15 @@ def _objects(kind: str) -> list[dict[str, Any]]:
     return [doc for _, doc in _documents() if doc.get("kind") == kind]
 
 
-def _one(kind: str) -> dict[str, Any]:
-    (obj,) = _objects(kind)
+INTAKE = "stem-intake"
+
+
+def _one(kind: str, name: str | None = None) -> dict[str, Any]:
+    """The one object of ``kind`` — the worker's, where the intake has one of its own."""
+    objects = _objects(kind)
+    if name is not None or len(objects) > 1:
+        objects = [o for o in objects if o["metadata"]["name"] == (name or WORKER)]
+    (obj,) = objects
     return obj
 
 
@@ -54,6 +61,37 @@ def _worker_env() -> dict[str, str]:
 def _worker_container() -> dict[str, Any]:
     (container,) = _one("Deployment")["spec"]["template"]["spec"]["containers"]
     return dict(container)
+
+
+def test_the_intake_is_one_small_always_on_cpu_replica_of_the_same_image() -> None:
+    intake = _one("Deployment", INTAKE)
+    pod = intake["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert intake["spec"]["replicas"] == 1
+    assert [*container["command"], *container["args"]] == ["stemctl", "intake"]
+    assert container["image"] == _worker_container()["image"]
+    assert container["envFrom"] == _worker_container()["envFrom"]
+    # No GPU, no GPU node pool: it must run while the workers are scaled to zero.
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    assert "nodeSelector" not in pod
+    assert "tolerations" not in pod
+    # Nothing scales it: the autoscalers target the worker only.
+    targets = [o["spec"]["scaleTargetRef"]["name"] for o in _objects("ScaledObject")]
+    targets += [o["spec"]["scaleTargetRef"]["name"] for o in _objects("HorizontalPodAutoscaler")]
+    assert targets
+    assert set(targets) == {WORKER}
+    # Identity: its own, bound to the Terraform's intake account.
+    terraform = Terraform.load()
+    assert pod["serviceAccountName"] == terraform.variable("k8s_intake_service_account")
+    ksa = _one("ServiceAccount", INTAKE)
+    account_id = terraform.resource("google_service_account", "intake")["account_id"]
+    assert ksa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == (
+        f"{account_id}@PROJECT_ID.iam.gserviceaccount.com"
+    )
+    env = {e["name"]: e["value"] for e in container["env"]}
+    settings_from({**_worker_env(), **env})  # valid settings, names the settings object reads
+    assert set(env) <= settings_env_names()
+    assert container["ports"][0]["containerPort"] == int(_worker_env()["STEM_METRICS_PORT"])
 
 
 # --- schema validation --------------------------------------------------------------------

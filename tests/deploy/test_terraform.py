@@ -45,7 +45,12 @@ def _subscription_by_name(tf: Terraform, name: str) -> dict[str, Any]:
 def test_topics_are_the_settings_topics(tf: Terraform) -> None:
     settings = default_settings()
     names = {tf.resolve(body["name"]) for body in tf.resources_of("google_pubsub_topic").values()}
-    assert names == {settings.jobs_topic, settings.results_topic, settings.dlq_topic}
+    assert names == {
+        settings.jobs_topic,
+        settings.results_topic,
+        settings.dlq_topic,
+        settings.uploads_topic,
+    }
 
 
 def test_subscriptions_are_the_ones_infra_apply_creates(tf: Terraform) -> None:
@@ -108,6 +113,9 @@ _SETTINGS_VARIABLES = (
     "results_topic",
     "dlq_topic",
     "dlq_subscription",
+    "uploads_topic",
+    "uploads_subscription",
+    "uploads_prefix",
     "max_delivery_attempts",
     "ack_deadline_s",
     "min_retry_backoff_s",
@@ -146,7 +154,14 @@ def test_worker_env_output_sets_only_settings_variables_from_the_same_resources(
     env = tf.outputs["worker_env"]["value"]
     assert set(env) <= settings_env_names()
     settings = default_settings()
-    for key in ("JOBS_SUBSCRIPTION", "RESULTS_TOPIC", "DLQ_TOPIC", "DLQ_SUBSCRIPTION"):
+    for key in (
+        "JOBS_SUBSCRIPTION",
+        "RESULTS_TOPIC",
+        "DLQ_TOPIC",
+        "DLQ_SUBSCRIPTION",
+        "UPLOADS_TOPIC",
+        "UPLOADS_SUBSCRIPTION",
+    ):
         assert tf.resolve(env[f"STEM_{key}"]) == getattr(settings, key.lower())
     for key in ("MAX_DELIVERY_ATTEMPTS", "ACK_DEADLINE_S", "MIN_RETRY_BACKOFF_S"):
         assert env[f"STEM_{key}"] == f"${{tostring(var.{key.lower()})}}"
@@ -233,12 +248,58 @@ def test_pubsub_service_agent_can_move_jobs_to_the_dlq(tf: Terraform) -> None:
             "${google_pubsub_subscription.jobs.name}",
             "roles/pubsub.subscriber",
         ),
+        (
+            "google_pubsub_subscription_iam_member",
+            "${google_pubsub_subscription.uploads.name}",
+            "roles/pubsub.subscriber",
+        ),
     }
     agent = tf.locals["pubsub_service_agent"]
     assert agent == (
         "serviceAccount:service-${data.google_project.this.number}"
         "@gcp-sa-pubsub.iam.gserviceaccount.com"
     )
+
+
+def test_the_staging_bucket_notifies_finalised_uploads_to_the_uploads_topic(
+    tf: Terraform,
+) -> None:
+    from infra.provision import UPLOAD_EVENT_TYPES, UPLOAD_PAYLOAD_FORMAT
+
+    notification = tf.resource("google_storage_notification", "uploads")
+    assert notification["bucket"] == "${google_storage_bucket.staging.name}"
+    assert notification["topic"] == "${google_pubsub_topic.uploads.id}"
+    assert notification["payload_format"] == UPLOAD_PAYLOAD_FORMAT
+    assert tuple(notification["event_types"]) == UPLOAD_EVENT_TYPES
+    assert notification["object_name_prefix"] == "${var.uploads_prefix}"
+    # GCS's service agent may publish there, before the config is created.
+    grant = tf.resource("google_pubsub_topic_iam_member", "gcs_agent_publishes_uploads")
+    assert grant["topic"] == "${google_pubsub_topic.uploads.name}"
+    assert grant["role"] == "roles/pubsub.publisher"
+    assert "google_storage_project_service_account.gcs.email_address" in grant["member"]
+    assert "${google_pubsub_topic_iam_member.gcs_agent_publishes_uploads}" in str(
+        notification["depends_on"]
+    )
+
+
+def test_the_intake_gets_exactly_its_three_grants(tf: Terraform) -> None:
+    assert _grants(tf, "${local.intake_member}") == {
+        (
+            "google_pubsub_subscription_iam_member",
+            "${google_pubsub_subscription.uploads.name}",
+            "roles/pubsub.subscriber",
+        ),
+        (
+            "google_pubsub_topic_iam_member",
+            "${google_pubsub_topic.jobs.name}",
+            "roles/pubsub.publisher",
+        ),
+        (
+            "google_pubsub_topic_iam_member",
+            "${google_pubsub_topic.dlq.name}",
+            "roles/pubsub.publisher",
+        ),
+    }
 
 
 def test_workload_identity_binds_the_kubernetes_service_accounts(tf: Terraform) -> None:

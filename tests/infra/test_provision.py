@@ -36,8 +36,10 @@ def test_apply_twice_creates_once_and_then_changes_nothing(settings: Settings) -
         ("topic", "stem-separate"),
         ("topic", "stem-results"),
         ("topic", "stem-dlq"),
+        ("topic", "stem-uploads"),
         ("subscription", "stem-separate"),
         ("subscription", "stem-dlq"),
+        ("subscription", "stem-uploads"),
         ("bucket", settings.staging_bucket),
         ("bucket", settings.output_bucket),
     }
@@ -75,6 +77,23 @@ def test_subscription_read_back_has_dead_letter_and_retry_policies(
     assert dlq.topic == f"projects/{project}/topics/stem-dlq"
     assert "expiration_policy" in dlq
     assert not dlq.expiration_policy.ttl
+
+
+def test_the_uploads_subscription_dead_letters_to_the_dlq_with_a_retry_policy(
+    provisioned: Settings, pubsub_clients: Any
+) -> None:
+    _, subscriber = pubsub_clients
+    project = provisioned.project
+    sub = subscriber.get_subscription(
+        subscription=subscriber.subscription_path(project, "stem-uploads")
+    )
+    assert sub.topic == f"projects/{project}/topics/stem-uploads"
+    assert sub.dead_letter_policy.dead_letter_topic == f"projects/{project}/topics/stem-dlq"
+    assert sub.dead_letter_policy.max_delivery_attempts == provisioned.max_delivery_attempts
+    assert "retry_policy" in sub
+    assert sub.retry_policy.maximum_backoff.total_seconds() == provisioned.max_retry_backoff_s
+    assert "expiration_policy" in sub
+    assert not sub.expiration_policy.ttl
 
 
 def test_apply_updates_a_drifted_subscription_in_place(provisioned: Settings) -> None:

@@ -76,7 +76,11 @@ def test_demo_on_a_file_leaves_its_stems_in_out_and_nothing_running(
     # Then: the stems are in OUT/{track}/, decodable, as long as the file, as reported.
     folder = out / track_ids([source])[0]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [*(f"{stem}.wav" for stem in HTDEMUCS_6S_STEMS), "manifest.json"]
+        [
+            *(f"{stem}.wav" for stem in HTDEMUCS_6S_STEMS),
+            *(f"{stem}.peaks.json" for stem in HTDEMUCS_6S_STEMS),
+            "manifest.json",
+        ]
     )
     event = decode_event((folder / "manifest.json").read_bytes())
     assert isinstance(event, StemsProcessed)
@@ -101,3 +105,37 @@ def test_demo_on_a_file_leaves_its_stems_in_out_and_nothing_running(
         assert not _listening(port)
         assert _processes_started_on(port) == []
     assert list(scratch.iterdir()) == []
+
+
+def test_demo_upload_makes_the_job_from_an_upload_and_reuses_it_for_a_second_copy(
+    model_repo: Path, clip: Callable[..., Path], tmp_path: Path
+) -> None:
+    source = clip("wav", 1.5)
+    out = tmp_path / "out"
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")
+    }
+    env |= {"STEM_MODEL": MODEL, "STEM_MODEL_REPO": str(model_repo)}
+
+    done = subprocess.run(
+        [str(STEMCTL), "demo", str(source), "--upload", "--out", str(out)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    track = track_ids([source])[0]
+    event = decode_event((out / track / "manifest.json").read_bytes())
+    assert isinstance(event, StemsProcessed)
+    # The job was the upload's: its id is the intake's, its source the uploaded object.
+    assert event.job_id.startswith("upload-")
+    assert event.source.uri == f"gs://stem-staging/incoming/{track}.wav"
+    assert f"→ job {event.job_id}" in done.stdout
+    assert f"{event.job_id}: separated" in done.stdout
+    # And the second copy of the same bytes was answered from the first one's stems.
+    assert f"stems copied from {event.job_id}" in done.stdout

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict, deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ Audio = npt.NDArray[np.float32]
 class StoredObject:
     data: bytes
     content_type: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 class _Failures:
@@ -91,7 +92,9 @@ class InMemoryBlobStore:
         stored = self.objects.get(uri)
         if stored is None:
             return None
-        return BlobInfo(uri, len(stored.data), crc32c_b64(stored.data), stored.content_type)
+        return BlobInfo(
+            uri, len(stored.data), crc32c_b64(stored.data), stored.content_type, stored.metadata
+        )
 
     def stat(self, uri: str) -> BlobInfo | None:
         self._enter("stat", uri)
@@ -109,10 +112,28 @@ class InMemoryBlobStore:
         dest.write_bytes(self.objects[uri].data)
         return info
 
-    def upload(self, src: Path, uri: str, *, content_type: str) -> BlobInfo:
+    def upload(
+        self,
+        src: Path,
+        uri: str,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> BlobInfo:
         self._enter("upload", uri)
-        self.objects[uri] = StoredObject(src.read_bytes(), content_type)
+        self.objects[uri] = StoredObject(src.read_bytes(), content_type, dict(metadata or {}))
         info = self._info(uri)
+        assert info is not None
+        return info
+
+    def copy(self, src_uri: str, dest_uri: str) -> BlobInfo:
+        self._enter("copy", src_uri)
+        stored = self.objects.get(src_uri)
+        if stored is None:
+            raise SourceMissing(f"{src_uri} does not exist")
+        split_gcs_uri(dest_uri)
+        self.objects[dest_uri] = stored
+        info = self._info(dest_uri)
         assert info is not None
         return info
 

@@ -21,7 +21,7 @@ from consumer.audio import encode as encode_audio
 from consumer.runner import Worker
 from consumer.separation import DemucsSeparator
 from consumer.settings import Settings
-from consumer.telemetry import Health, Metrics, TelemetryServer
+from consumer.telemetry import Health, IntakeMetrics, Metrics, TelemetryServer
 from devkit.models import write_local_model
 from devkit.synth import multi_instrument_mix
 from stem_contracts import Job, ResultEvent, StemsFailed, StemsProcessed, decode_event, encode
@@ -75,6 +75,28 @@ def start_worker(
     yield start
     for worker, thread in running:
         worker.request_stop("test over")
+        thread.join(30)
+
+
+@pytest.fixture
+def start_intake() -> Iterator[Callable[[Settings], tuple[Worker, IntakeMetrics]]]:
+    """Start an in-process ``stemctl intake`` (real streaming pull of stem-uploads)."""
+    from consumer.intake import build_intake
+
+    running: list[tuple[Worker, threading.Thread]] = []
+
+    def start(settings: Settings) -> tuple[Worker, IntakeMetrics]:
+        metrics = IntakeMetrics()
+        intake = build_intake(settings, metrics=metrics)
+        thread = threading.Thread(target=intake.run, daemon=True)
+        thread.start()
+        assert intake.ready.wait(10), "intake did not become ready"
+        running.append((intake, thread))
+        return intake, metrics
+
+    yield start
+    for intake, thread in running:
+        intake.request_stop("test over")
         thread.join(30)
 
 
