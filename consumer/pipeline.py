@@ -5,6 +5,10 @@ runs one separation at a time (``separation_lock``): while one job separates, th
 in flight downloads, decodes, encodes or uploads. Stems are encoded in parallel (LAME
 releases the GIL: MP3-encoding six stems costs more CPU than a GPU needs to separate them),
 each uploaded as soon as it is encoded, and ``manifest.json`` is written last.
+
+The job's output options shape the encoding: ``clipMode`` (how each stem is kept from
+clipping, :mod:`consumer.stems`), ``sampleFormat`` and ``sampleRate`` (stems resampled
+with libsoxr when it differs from the model's, :func:`consumer.audio.resampled`).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from opentelemetry import context as otel_context
 
 from consumer import audio
 from consumer.delivery import Attempt
+from consumer.errors import UnsupportedAudio
 from consumer.events import EventHeader
-from consumer.manifest import wanted_stems, write_manifest
+from consumer.manifest import stem_sample_format, stem_sample_rate, wanted_stems, write_manifest
 from consumer.separation import SeparationCancelled, Separator
 from consumer.settings import Settings
 from consumer.stems import DEFAULT_MEMORY_LIMIT_BYTES, StemSpool
@@ -100,6 +105,14 @@ class Pipeline:
             attempt.check()
 
             source = decoded.source
+            rate = stem_sample_rate(
+                job, model_rate=separator.sample_rate, source_rate=source.sample_rate
+            )
+            if job.format == "mp3" and rate not in audio.MP3_SAMPLE_RATES:
+                raise UnsupportedAudio(
+                    f"mp3 stems at the source's {rate} Hz: MPEG-1 layer III needs 32000, "
+                    "44100 or 48000 Hz (ask for wav/flac, or a sampleRate)"
+                )
             wanted = wanted_stems(job, separator.sources)
             spool = StemSpool(
                 workdir,
@@ -122,7 +135,7 @@ class Pipeline:
                 finally:
                     spool.close()
             del decoded  # the mix is no longer needed
-            files = self._encode_and_upload(job, prefix, spool, wanted, workdir, attempt)
+            files = self._encode_and_upload(job, prefix, spool, wanted, rate, workdir, attempt)
 
         event = StemsProcessed(
             **header,
@@ -137,6 +150,7 @@ class Pipeline:
             processing_time_ms=int(attempt.elapsed() * 1000),
             completed_at=datetime.now(UTC),
         )
+        attempt.check()  # a job cancelled while encoding leaves no manifest
         with attempt.timed("upload"):
             write_manifest(self._store, prefix, event)
         return event
@@ -147,12 +161,13 @@ class Pipeline:
         prefix: str,
         spool: StemSpool,
         wanted: list[str],
+        rate: int,
         workdir: Path,
         attempt: Attempt,
     ) -> list[StemFile]:
-        """Encode the stems in parallel and upload each when it is done."""
+        """Encode the stems in parallel at ``rate`` and upload each when it is done."""
         parent = otel_context.get_current()
-        sample_rate = self._separator.sample_rate
+        model_rate = self._separator.sample_rate
 
         def one(name: str) -> StemFile:
             token = otel_context.attach(parent)  # stage spans stay children of the job
@@ -160,12 +175,14 @@ class Pipeline:
                 attempt.check()
                 with attempt.timed("encode"):
                     encoded = audio.encode(
-                        spool.source(name),
-                        sample_rate,
+                        audio.resampled(spool.source(name, job.clip_mode), model_rate, rate),
+                        rate,
                         job.format,
                         workdir / f"{name}.{job.format}",
                         mp3_bitrate=job.mp3_bitrate,
                         mp3_quality=self._settings.mp3_quality,
+                        sample_format=job.sample_format,
+                        clamp=job.clip_mode != "none",
                     )
                 spool.release(name)
                 uri = join_uri(prefix, f"{name}.{job.format}")
@@ -182,6 +199,7 @@ class Pipeline:
                     sample_rate=encoded.sample_rate,
                     channels=encoded.channels,
                     sha256=encoded.sha256,
+                    sample_format=stem_sample_format(job),
                 )
             finally:
                 otel_context.detach(token)

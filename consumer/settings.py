@@ -84,6 +84,21 @@ class Settings(BaseSettings):
     output_bucket: str = Field(
         "stem-output", description="STEM_OUTPUT_BUCKET: default home of the stems."
     )
+    # --- retention (issue 18) ---------------------------------------------------------------
+    staging_retention_days: int = Field(
+        8,
+        ge=8,
+        description="STEM_STAGING_RETENTION_DAYS: staged sources are deleted after this many "
+        "days (a lifecycle rule). Default 8: more than the 7 days a dead letter is kept, "
+        "since `stemctl dlq replay` re-runs a job from its staged source.",
+    )
+    output_retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="STEM_OUTPUT_RETENTION_DAYS: stems are deleted after this many days. "
+        "Default: unset = kept (the catalog owns them). Cancel markers (_cancel/) are "
+        "always deleted after a day.",
+    )
     allowed_buckets: Annotated[frozenset[str], NoDecode] = Field(
         default=frozenset(),
         description="STEM_ALLOWED_BUCKETS: comma list of buckets jobs may read or write. "

@@ -25,6 +25,7 @@ from stem_contracts import (
 )
 from stemctl.display import progress_bars
 from stemctl.dlq.commands import dlq_app
+from stemctl.jobs import jobs_app
 from stemctl.model import ModelName, ModelRepo, model_app
 from stemctl.results import event_line, results_subscription, show_progress, wait_for_result
 from stemctl.support import (
@@ -52,6 +53,7 @@ results_app = typer.Typer(help="Watch result events on stem-results.", no_args_i
 app.add_typer(results_app, name="results")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(model_app, name="model")
+app.add_typer(jobs_app, name="jobs")
 
 _log = logging.getLogger("stemctl")
 
