@@ -117,6 +117,13 @@ class Settings(BaseSettings):
     segment_overlap: float = Field(
         0.25, ge=0.0, lt=1.0, description="STEM_SEGMENT_OVERLAP: overlap between segments."
     )
+    segment_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="STEM_SEGMENT_SECONDS: length of one segment (Demucs' --segment). Default: "
+        "unset = the model's own (7.8 s for htdemucs_6s, its maximum). Shorter segments cost "
+        "as much each (HTDemucs pads them) but make a cancel take effect sooner.",
+    )
     shifts: int = Field(
         0,
         ge=0,
