@@ -695,3 +695,63 @@ def test_workdir_is_empty_after_failure(
 
     assert rig.events.event_types[-1] == "stems.failed"
     assert rig.workdir_entries() == []
+
+
+# --- cancel (issue 18) -----------------------------------------------------------------------
+
+CANCEL_MARKER = f"gs://{OUTPUT_BUCKET}/_cancel/job-1"
+
+
+def test_a_job_cancelled_while_its_stems_upload_leaves_none_and_is_acked(
+    make_rig: MakeRig,
+) -> None:
+    """Given a cancel that lands once the first stem is uploaded, when the job runs, then
+    the stems already written are deleted, no manifest is written, stems.failed says
+    ``cancelled`` (final, not retryable) and the message is acked without a dead letter."""
+    rig = make_rig(encode_workers=1)
+    upload = rig.store.upload
+
+    def upload_then_cancel(src: Path, uri: str, *, content_type: str) -> Any:
+        info = upload(src, uri, content_type=content_type)
+        rig.store.put(CANCEL_MARKER, b"{}")
+        return info
+
+    rig.store.upload = upload_then_cancel  # type: ignore[method-assign]
+
+    outcome = rig.handle(make_job(stems=("vocals", "no_vocals")))
+
+    assert outcome is Outcome.ACK
+    failed = rig.failed()
+    assert (failed.error.code, failed.final, failed.error.retryable) == ("cancelled", True, False)
+    assert rig.events.dead_letters == []
+    assert rig.store.calls_of("upload") == [f"{DEFAULT_PREFIX}/vocals.wav"]
+    assert [uri for uri in rig.store.objects if uri.startswith(DEFAULT_PREFIX)] == []
+    assert rig.store.calls_of("write_bytes") == []  # no manifest
+
+
+def test_a_finished_job_stays_finished_when_cancelled_afterwards(rig: Rig) -> None:
+    assert rig.handle(make_job()) is Outcome.ACK
+    rig.store.put(CANCEL_MARKER, b"{}")
+
+    assert rig.handle(make_job(), attempt=2) is Outcome.ACK
+
+    assert [e.event_type for e in rig.events.results][-2:] == [
+        "stems.processing",
+        "stems.processed",
+    ]
+    assert rig.separator.calls == 1
+
+
+def test_a_failed_cancel_check_does_not_fail_the_job(make_rig: MakeRig) -> None:
+    rig = make_rig()
+    stat = rig.store.stat
+
+    def flaky_stat(uri: str) -> Any:
+        if uri == CANCEL_MARKER:
+            raise StorageUnavailable("stat: unreachable (test)")
+        return stat(uri)
+
+    rig.store.stat = flaky_stat  # type: ignore[method-assign]
+
+    assert rig.handle(make_job()) is Outcome.ACK
+    assert isinstance(rig.processed(), StemsProcessed)

@@ -94,7 +94,8 @@ def test_vocals_and_no_vocals_in_float32_sum_to_the_six_stems_of_a_full_job(
         assert stem.sample_format == "float32"
         assert sf.info(io.BytesIO(data)).subtype == "FLOAT"
         # WAVE_FORMAT_IEEE_FLOAT (3) in the fmt chunk: a float file, not PCM.
-        assert data[12:16] == b"fmt " and int.from_bytes(data[20:22], "little") == 3
+        assert data[12:16] == b"fmt "
+        assert int.from_bytes(data[20:22], "little") == 3
         assert stem.duration_seconds == pytest.approx(1.5, abs=1e-3)
 
     others = sum(six[name] for name in HTDEMUCS_6S_STEMS if name != "vocals")
