@@ -30,11 +30,15 @@ from stemctl.model import ModelName, ModelRepo, model_app
 from stemctl.results import event_line, results_subscription, show_progress, wait_for_result
 from stemctl.support import (
     MP3_BITRATES,
+    ClipMode,
     Device,
+    SampleFormat,
     StemFormat,
     check_mp3_bitrate,
     load_settings,
     operator_errors,
+    output_options,
+    sample_rate_option,
     stem_list,
 )
 
@@ -110,6 +114,20 @@ def submit(
         str | None, typer.Option("--stems", help="Comma list, e.g. vocals,drums. Default: all.")
     ] = None,
     output_uri: Annotated[str | None, typer.Option("--output-uri")] = None,
+    sample_format: Annotated[
+        SampleFormat, typer.Option("--sample-format", help="pcm24: wav/flac; float32: wav.")
+    ] = SampleFormat.pcm16,
+    clip_mode: Annotated[
+        ClipMode, typer.Option("--clip-mode", help="none: float32 only.")
+    ] = ClipMode.rescale,
+    sample_rate: Annotated[
+        str | None,
+        typer.Option(
+            "--sample-rate",
+            help="'source' or Hz. Default: the model's 44.1 kHz.",
+            callback=sample_rate_option,
+        ),
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option(
@@ -133,6 +151,7 @@ def submit(
             fmt=fmt.value,
             stems=stem_list(stems),
             output_uri=output_uri,
+            options=output_options(sample_format, clip_mode, sample_rate),
         )
         if results is None:
             return
@@ -155,6 +174,7 @@ def _publish_job(
     fmt: str,
     stems: tuple[str, ...] | None,
     output_uri: str | None,
+    options: dict[str, object],
 ) -> Job:
     fields: dict[str, Any] = {
         "job_id": job_id,
@@ -163,6 +183,7 @@ def _publish_job(
         "model": settings.model,
         "stems": stems,
         "format": fmt,
+        **options,
     }
     with JobPublisher(
         settings.require_project(),
@@ -302,6 +323,16 @@ def demo(
         float, typer.Option("--seconds", help="Length of the generated sample.")
     ] = 4.0,
     fmt: Annotated[StemFormat, typer.Option("--format")] = StemFormat.mp3,
+    stems: Annotated[
+        str | None,
+        typer.Option("--stems", help="Comma list, e.g. vocals,no_vocals. Default: all."),
+    ] = None,
+    sample_format: Annotated[
+        SampleFormat, typer.Option("--sample-format", help="pcm24: wav/flac; float32: wav.")
+    ] = SampleFormat.pcm16,
+    clip_mode: Annotated[
+        ClipMode, typer.Option("--clip-mode", help="none: float32 only.")
+    ] = ClipMode.rescale,
     fetch: Annotated[
         bool, typer.Option("--fetch", help="Download htdemucs_6s weights when not cached.")
     ] = False,
@@ -318,7 +349,16 @@ def demo(
     """
     from stemctl.demo import run_demo
 
-    raise typer.Exit(code=run_demo(file, out=out, seconds=seconds, fmt=fmt.value, fetch=fetch))
+    code = run_demo(
+        file,
+        out=out,
+        seconds=seconds,
+        fmt=fmt.value,
+        fetch=fetch,
+        stems=stem_list(stems),
+        options=output_options(sample_format, clip_mode, None),
+    )
+    raise typer.Exit(code=code)
 
 
 def main() -> None:

@@ -126,6 +126,8 @@ def run_demo(
     seconds: float = 4.0,
     fmt: str = "mp3",
     fetch: bool = False,
+    stems: tuple[str, ...] | None = None,
+    options: dict[str, object] | None = None,
 ) -> int:
     """Run the demo on ``file`` (default: a generated sample of ``seconds``); with ``out``,
     leave the stems in ``out/{track}/``. Returns the exit code (0 when it was separated)."""
@@ -190,6 +192,8 @@ def run_demo(
                         track_id=track,
                         model=settings.model,
                         format=fmt,  # type: ignore[arg-type]
+                        stems=stems,
+                        **(options or {}),  # type: ignore[arg-type]
                     )
                 console.print(f"[green]✓[/] submitted {what} as job {submitted.job.job_id}")
                 with progress_bars() as bars:

@@ -192,11 +192,15 @@ class JobPublisher:
         format: Literal["mp3", "wav", "flac"] = "mp3",
         mp3_bitrate: int = 320,
         correlation_id: str | None = None,
+        sample_format: Literal["pcm16", "pcm24", "float32"] = "pcm16",
+        clip_mode: Literal["rescale", "clamp", "none"] = "rescale",
+        sample_rate: int | Literal["source"] | None = None,
     ) -> SubmittedJob:
         """Stage ``path`` in the staging bucket and publish a job for it.
 
-        The job is validated before anything is uploaded, so a bad id or bitrate costs no
-        upload. ``job_id`` defaults to a random UUID.
+        The job is validated before anything is uploaded, so a bad id, bitrate or
+        combination of output options costs no upload. ``job_id`` defaults to a random
+        UUID.
         """
         job_id = job_id or uuid.uuid4().hex
         fmt = path.suffix.lower().lstrip(".") or "audio"
@@ -211,6 +215,9 @@ class JobPublisher:
             format=format,
             mp3_bitrate=mp3_bitrate,
             correlation_id=correlation_id,
+            sample_format=sample_format,
+            clip_mode=clip_mode,
+            sample_rate=sample_rate,
         )
         source_uri = self.stage_file(path, track_id=track_id, job_id=job_id)
         job = planned.model_copy(update={"source_uri": source_uri})
