@@ -274,8 +274,18 @@ def test_redelivered_job_with_manifest_republishes_same_result_without_separatin
         {"source_uri": "gs://stem-staging/in/another-song.wav"},
         {"format": "flac"},
         {"stems": ("vocals",)},
+        {"stems": ("drums", "bass", "other", "vocals", "guitar", "piano", "no_vocals")},
+        {"sample_format": "pcm24"},
+        {"sample_rate": 48000},
     ],
-    ids=["other-source", "other-format", "other-stems"],
+    ids=[
+        "other-source",
+        "other-format",
+        "other-stems",
+        "a-complement-more",
+        "other-sample-format",
+        "other-sample-rate",
+    ],
 )
 def test_a_manifest_of_another_job_under_the_same_id_is_not_reused(
     rig: Rig, change: dict[str, Any]
@@ -293,6 +303,21 @@ def test_a_manifest_of_another_job_under_the_same_id_is_not_reused(
     processed = rig.processed()
     assert processed.source.uri == make_job(**change).source_uri
     assert {s.format for s in processed.stems} == {make_job(**change).format}
+
+
+def test_a_manifest_written_before_sample_formats_existed_answers_a_pcm16_job(rig: Rig) -> None:
+    """Manifests from before issue 18 have no ``sampleFormat``: their wav stems are pcm16."""
+    rig.handle(make_job())
+    manifest = f"{DEFAULT_PREFIX}/manifest.json"
+    body = json.loads(rig.store.objects[manifest].data)
+    for stem in body["stems"]:
+        assert stem.pop("sampleFormat") == "pcm16"
+    rig.store.put(manifest, json.dumps(body).encode(), "application/json")
+
+    assert rig.handle(make_job(), attempt=2) is Outcome.ACK
+    assert rig.separator.calls == 1  # answered from the old manifest
+    assert rig.handle(make_job(sample_format="pcm24"), attempt=3) is Outcome.ACK
+    assert rig.separator.calls == 2  # not a pcm24 job's result
 
 
 def test_a_shared_output_uri_does_not_hand_one_job_another_jobs_result(rig: Rig) -> None:
