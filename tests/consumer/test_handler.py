@@ -21,6 +21,7 @@ import soundfile as sf
 
 from consumer.errors import ModelLoadError, StorageUnavailable
 from consumer.handler import Delivery, JobHandler, Outcome
+from consumer.manifest import remove_stems
 from consumer.settings import Settings
 from devkit.synth import multi_instrument_mix
 from stem_contracts import (
@@ -725,6 +726,40 @@ def test_workdir_is_empty_after_failure(
 # --- cancel (issue 18) -----------------------------------------------------------------------
 
 CANCEL_MARKER = f"gs://{OUTPUT_BUCKET}/_cancel/job-1"
+
+
+def test_remove_stems_deletes_the_jobs_stems_and_peaks_files_only(rig: Rig) -> None:
+    job = make_job(stems=("vocals", "no_vocals"))
+    for name in ("vocals.wav", "vocals.peaks.json", "no_vocals.peaks.json", "drums.wav", "x.txt"):
+        rig.store.put(f"{DEFAULT_PREFIX}/{name}", b"x")
+
+    removed = remove_stems(rig.store, job, DEFAULT_PREFIX, rig.separator.sources)
+
+    assert removed == [
+        f"{DEFAULT_PREFIX}/vocals.wav",
+        f"{DEFAULT_PREFIX}/vocals.peaks.json",
+        f"{DEFAULT_PREFIX}/no_vocals.peaks.json",
+    ]
+    left = sorted(uri for uri in rig.store.objects if uri.startswith(DEFAULT_PREFIX))
+    assert left == [f"{DEFAULT_PREFIX}/drums.wav", f"{DEFAULT_PREFIX}/x.txt"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "sample_format"),
+    [({"format": "mp3"}, None), ({"sample_rate": "source"}, "pcm16")],
+    ids=["mp3", "source-rate"],
+)
+def test_stems_report_their_rate_and_format_and_redelivery_is_answered_from_the_manifest(
+    rig: Rig, fields: dict[str, Any], sample_format: str | None
+) -> None:
+    assert rig.handle(make_job(**fields)) is Outcome.ACK
+    first = rig.processed()
+    assert {(s.sample_rate, s.sample_format) for s in first.stems} == {(44100, sample_format)}
+
+    assert rig.handle(make_job(**fields), attempt=2) is Outcome.ACK
+
+    assert rig.separator.calls == 1
+    assert rig.processed() == first
 
 
 def test_a_job_cancelled_while_its_stems_upload_leaves_none_and_is_acked(

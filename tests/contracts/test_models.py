@@ -268,6 +268,11 @@ def test_invalid_output_options_are_rejected_with_the_reason(
         {"format": "wav", "sampleFormat": "float32", "clipMode": "none", "sampleRate": "source"},
         {"format": "flac", "sampleFormat": "pcm24", "clipMode": "clamp", "sampleRate": 96000},
         {"format": "mp3", "sampleRate": 48000},
+        {"format": "mp3", "sampleRate": 44100},
+        {"format": "mp3", "sampleRate": 32000},
+        {"format": "wav", "sampleFormat": "pcm24"},
+        {"format": "wav", "sampleRate": 8000},
+        {"format": "flac", "sampleRate": 192000},
         {"format": "mp3", "sampleRate": "source"},  # checked against the source by the worker
     ],
 )
@@ -276,6 +281,15 @@ def test_valid_output_options_are_accepted(change: dict[str, object]) -> None:
     for key, value in change.items():
         got = job.model_dump(by_alias=True)[key]
         assert (list(got) if isinstance(got, tuple) else got) == value
+
+
+def test_an_unknown_complement_is_named_beside_the_models_sources() -> None:
+    with pytest.raises(ContractError) as caught:
+        decode_job(json.dumps({**VALID_JOB, "stems": ["no_kazoo"]}).encode())
+    assert (
+        "stems: no_kazoo not in model htdemucs_6s (has drums, bass, other, vocals, guitar, "
+        "piano, and no_<source> for each)"
+    ) in str(caught.value)
 
 
 def test_output_options_default_to_the_fleets_behaviour_before_them() -> None:
