@@ -283,6 +283,36 @@ def test_valid_output_options_are_accepted(change: dict[str, object]) -> None:
         assert (list(got) if isinstance(got, tuple) else got) == value
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"format": "mp3", "sampleFormat": "pcm24"},
+            "sampleFormat: pcm24 is not available for mp3 (only wav, flac)",
+        ),
+        (
+            {"format": "flac", "sampleFormat": "float32"},
+            "sampleFormat: float32 is not available for flac (only wav)",
+        ),
+        (
+            {"format": "wav", "clipMode": "none"},
+            "clipMode: none needs sampleFormat float32 (pcm16 cannot hold samples beyond full "
+            "scale)",
+        ),
+        (
+            {"format": "mp3", "sampleRate": 22050},
+            "sampleRate: mp3 stems need 32000, 44100 or 48000 Hz, not 22050",
+        ),
+    ],
+)
+def test_each_impossible_combination_gets_its_whole_reason(
+    change: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ContractError) as caught:
+        decode_job(json.dumps({**VALID_JOB, **change}).encode())
+    assert str(caught.value) == f"body: Value error, {message}"
+
+
 def test_an_unknown_complement_is_named_beside_the_models_sources() -> None:
     with pytest.raises(ContractError) as caught:
         decode_job(json.dumps({**VALID_JOB, "stems": ["no_kazoo"]}).encode())
