@@ -179,6 +179,12 @@ class _DiskBlobStore:
         path = self._path(uri)
         return path.read_bytes() if path.is_file() else None
 
+    def delete(self, uri: str) -> bool:
+        path = self._path(uri)
+        existed = path.is_file()
+        path.unlink(missing_ok=True)
+        return existed
+
     def write_bytes(self, uri: str, data: bytes, *, content_type: str) -> None:
         path = self._path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ def load_separator(settings: Settings, metrics: Metrics | None = None) -> Demucs
         repo=settings.model_repo,
         device=settings.device,
         overlap=settings.segment_overlap,
+        segment=settings.segment_seconds,
         shifts=settings.shifts,
         batch_size=settings.segment_batch,
         precision=settings.precision,

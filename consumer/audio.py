@@ -28,9 +28,15 @@ truncated toward zero, CBR, quality 2. Two differences, both deliberate: the out
 sample rate is pinned to the input's (LAME otherwise resamples low bitrates, e.g.
 96 kbit/s stereo at 44.1 kHz comes out at 32 kHz), and the PCM is fed in blocks so a long
 track is never held twice. wav and flac get the same 16-bit integers through libsndfile,
-so the three formats quantise identically. LAME's streaming API writes no Xing/LAME
+so the three formats quantise identically (``sampleFormat`` ``pcm16``). ``pcm24`` wav/flac
+quantise the same way to 24 bits (``clamp(x, -1, 1) * (2**23 - 1)``, truncated), and
+``float32`` wav stores the samples as IEEE float, clamped to [-1, 1] unless the caller
+asks for none (Demucs' ``--float32 --clip-mode none``). LAME's streaming API writes no Xing/LAME
 gapless tag, so decoders play the encoder delay and padding: a decoded mp3 starts
 576 + 529 samples late and runs up to ~50 ms long (the same as Demucs' writer).
+
+:func:`resampled` converts a stem to another sample rate with libsoxr (``soxr``, its
+"very high quality" setting), streamed block by block.
 
 Errors: bad input raises a :class:`~consumer.errors.StemError` (``CorruptAudio``,
 ``UnsupportedAudio``, ``AudioTooLong``) whose message says what is wrong. Arguments a
@@ -56,6 +62,7 @@ import lameenc
 import numpy as np
 import numpy.typing as npt
 import soundfile as sf
+import soxr
 import torch
 from demucs.audio import convert_audio_channels
 
@@ -65,17 +72,26 @@ from stem_contracts import CONTENT_TYPES as _CONTRACT_CONTENT_TYPES
 __all__ = [
     "CONTENT_TYPES",
     "ENCODE_BLOCK_FRAMES",
+    "MP3_SAMPLE_RATES",
     "AudioFormat",
     "AudioInfo",
     "BlockSource",
     "DecodedAudio",
     "EncodedAudio",
+    "SampleFormat",
     "decode",
     "encode",
     "probe",
+    "resampled",
 ]
 
 AudioFormat = Literal["wav", "mp3", "flac"]
+SampleFormat = Literal["pcm16", "pcm24", "float32"]
+_SF_SUBTYPES: Final[dict[SampleFormat, str]] = {
+    "pcm16": "PCM_16",
+    "pcm24": "PCM_24",
+    "float32": "FLOAT",
+}
 
 # The wire contract owns the content types (staged sources and stems share them).
 CONTENT_TYPES: Final[Mapping[str, str]] = _CONTRACT_CONTENT_TYPES
@@ -116,6 +132,8 @@ _MP3_BITRATES_KBPS: Final = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224
 _MP3_SAMPLE_RATES: Final = (32_000, 44_100, 48_000)
 ENCODE_BLOCK_FRAMES: Final = 2**16
 """Frames an encoder reads from its block source at a time."""
+MP3_SAMPLE_RATES: Final = _MP3_SAMPLE_RATES
+"""The rates mp3 stems can have."""
 _IO_CHUNK_BYTES: Final = 1 << 20
 
 
@@ -243,22 +261,33 @@ def encode(
     *,
     mp3_bitrate: int = 320,
     mp3_quality: int = 2,
+    sample_format: SampleFormat = "pcm16",
+    clamp: bool = True,
 ) -> EncodedAudio:
-    """Write float ``[channels, frames]`` samples to ``dest`` as 16-bit wav/flac or CBR mp3.
+    """Write float ``[channels, frames]`` samples to ``dest`` as wav/flac (16- or 24-bit
+    PCM, or float32 wav) or CBR mp3.
 
     ``samples`` is an array or a :class:`BlockSource` (streamed block by block). Samples
-    are clamped to [-1, 1]; preventing clipping (Demucs' ``prevent_clip``) is the caller's
-    choice. A failed write leaves no file behind. The encoders release the GIL: stems can
-    be encoded in parallel threads.
+    are clamped to [-1, 1] (``clamp=False`` keeps float32 samples as they are); preventing
+    clipping (Demucs' ``prevent_clip``) is the caller's choice. A failed write leaves no
+    file behind. The encoders release the GIL: stems can be encoded in parallel threads.
     """
     source = _ArraySource(samples) if isinstance(samples, np.ndarray) else samples
     _check_encodable(source, sample_rate, fmt, mp3_bitrate, mp3_quality)
+    if sample_format not in _SF_SUBTYPES or (
+        sample_format != "pcm16" and fmt not in ("wav", "flac")
+    ):
+        raise ValueError(f"cannot write {fmt} as {sample_format}")
+    if sample_format == "float32" and fmt != "wav":
+        raise ValueError(f"float32 samples need wav, not {fmt}")
+    if not clamp and sample_format != "float32":
+        raise ValueError("only float32 samples can be written unclamped")
     channels, frames = source.shape
     try:
         if fmt == "mp3":
             digest = _write_mp3(source, sample_rate, dest, mp3_bitrate, mp3_quality)
         else:
-            _write_pcm16(source, sample_rate, fmt, dest)
+            _write_sndfile(source, sample_rate, fmt, dest, sample_format, clamp)
             # libsndfile rewrites the header on close: hash what ended up on disk.
             digest = _sha256_file(dest)
         size = dest.stat().st_size
@@ -592,15 +621,34 @@ def _check_encodable(
             raise ValueError(f"LAME quality must be 0-9, got {mp3_quality}")
 
 
-def _pcm16_blocks(samples: BlockSource) -> Iterator[npt.NDArray[np.int16]]:
-    """Interleaved ``[frames, channels]`` int16 blocks, quantised as ``demucs.audio.i16_pcm``."""
+def _finite_blocks(samples: BlockSource) -> Iterator[npt.NDArray[np.float32]]:
     start = 0
     for block in samples.blocks(ENCODE_BLOCK_FRAMES):
         if not np.isfinite(block).all():
             raise ValueError(f"non-finite samples in frames {start}-{start + block.shape[1]}")
         start += block.shape[1]
+        yield block
+
+
+def _pcm16_blocks(samples: BlockSource) -> Iterator[npt.NDArray[np.int16]]:
+    """Interleaved ``[frames, channels]`` int16 blocks, quantised as ``demucs.audio.i16_pcm``."""
+    for block in _finite_blocks(samples):
         pcm = (np.clip(block, -1.0, 1.0) * (2**15 - 1)).astype(np.int16)  # truncates, as .short()
         yield np.ascontiguousarray(pcm.T)
+
+
+def _pcm24_blocks(samples: BlockSource) -> Iterator[npt.NDArray[np.int32]]:
+    """Interleaved int32 blocks holding 24-bit samples in their top 24 bits (libsndfile
+    writes the top bits of int data to PCM_24), quantised as ``_pcm16_blocks`` is."""
+    for block in _finite_blocks(samples):
+        pcm = (np.clip(block, -1.0, 1.0) * (2**23 - 1)).astype(np.int32)  # truncates
+        yield np.ascontiguousarray(pcm.T) << 8
+
+
+def _float_blocks(samples: BlockSource, clamp: bool) -> Iterator[npt.NDArray[np.float32]]:
+    for block in _finite_blocks(samples):
+        out = np.clip(block, -1.0, 1.0) if clamp else block
+        yield np.ascontiguousarray(out.T, dtype=np.float32)
 
 
 def _write_mp3(
@@ -629,17 +677,75 @@ def _write_mp3(
     return digest.hexdigest()
 
 
-def _write_pcm16(samples: BlockSource, sample_rate: int, fmt: AudioFormat, dest: Path) -> None:
+def _write_sndfile(
+    samples: BlockSource,
+    sample_rate: int,
+    fmt: AudioFormat,
+    dest: Path,
+    sample_format: SampleFormat,
+    clamp: bool,
+) -> None:
+    blocks: Iterator[npt.NDArray[Any]]
+    if sample_format == "pcm16":
+        blocks = _pcm16_blocks(samples)
+    elif sample_format == "pcm24":
+        blocks = _pcm24_blocks(samples)
+    else:
+        blocks = _float_blocks(samples, clamp)
     with sf.SoundFile(
         str(dest),
         "w",
         samplerate=sample_rate,
         channels=samples.shape[0],
         format=_SF_WRITE_FORMATS[fmt],
-        subtype="PCM_16",
+        subtype=_SF_SUBTYPES[sample_format],
     ) as out:
-        for pcm in _pcm16_blocks(samples):
-            out.write(pcm)
+        for block in blocks:
+            out.write(block)
+
+
+# --- resampling ------------------------------------------------------------------------
+
+
+class _Resampled:
+    """A block source at another sample rate: libsoxr's streaming resampler over the
+    blocks of ``source``, cut or padded at the end to ``round(frames * to / from)``."""
+
+    def __init__(self, source: BlockSource, from_rate: int, to_rate: int) -> None:
+        self._source = source
+        self._from = from_rate
+        self._to = to_rate
+        channels, frames = source.shape
+        self.shape: tuple[int, int] = (channels, round(frames * to_rate / from_rate))
+
+    def blocks(self, block_frames: int) -> Iterator[npt.NDArray[np.float32]]:
+        channels, wanted = self.shape
+        stream = soxr.ResampleStream(self._from, self._to, channels, dtype="float32", quality="VHQ")
+
+        def resampled_chunks() -> Iterator[npt.NDArray[np.float32]]:
+            for block in self._source.blocks(block_frames):
+                yield stream.resample_chunk(np.ascontiguousarray(block.T), last=False)
+            yield stream.resample_chunk(np.zeros((0, channels), np.float32), last=True)
+
+        buffer = np.zeros((channels, 0), np.float32)
+        given = 0
+        for chunk in resampled_chunks():
+            buffer = np.concatenate([buffer, chunk.T.astype(np.float32)], axis=1)
+            while buffer.shape[1] >= block_frames and given < wanted:
+                n = min(block_frames, wanted - given)
+                yield buffer[:, :n]
+                given, buffer = given + n, buffer[:, n:]
+        left = wanted - given
+        if left > 0:  # the end: soxr may give a frame more or less than the exact length
+            tail = buffer[:, :left]
+            yield np.pad(tail, ((0, 0), (0, left - tail.shape[1])))
+
+
+def resampled(source: BlockSource, from_rate: int, to_rate: int) -> BlockSource:
+    """``source`` at ``to_rate`` (itself when the rates are equal)."""
+    if from_rate <= 0 or to_rate <= 0:
+        raise ValueError(f"invalid sample rates {from_rate} -> {to_rate}")
+    return source if from_rate == to_rate else _Resampled(source, from_rate, to_rate)
 
 
 def _sha256_file(path: Path) -> str:

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from opentelemetry import trace
 
 from consumer._memory import release_free_memory
-from consumer.disposition import Disposition
-from consumer.errors import JobTimeout, StemError, WorkerShutdown
+from consumer.disposition import Action, Disposition
+from consumer.errors import JobCancelled, JobTimeout, StemError, WorkerShutdown
 from consumer.telemetry import Metrics
 from stem_contracts import StemsProcessed, Usage
 from stem_contracts.tracing import extract_context
@@ -61,12 +61,15 @@ class Attempt:
     started: float = field(default_factory=time.monotonic)
     stages: dict[str, float] = field(default_factory=dict)
     label: str = "retried"
-    """``processed``, ``duplicate``, ``dead_lettered`` or ``retried`` (the metric's label)."""
+    """``processed``, ``duplicate``, ``cancelled``, ``dead_lettered`` or ``retried`` (the
+    metric's label)."""
     code: str = "internal_error"
     audio_seconds: float | None = None
     """The decoded source's duration, once it is known."""
     device_seconds: float = 0.0
     """Wall time spent separating on the device (:meth:`on_device`)."""
+    cancel_requested: Callable[[], bool] | None = None
+    """Whether somebody cancelled the job (its cancel marker); set once the job is known."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _log_extra: dict[str, object] = field(init=False)
 
@@ -80,14 +83,23 @@ class Attempt:
         }
 
     def check(self) -> None:
-        """Raise when the job must stop: the worker is shutting down, or time is up."""
+        """Raise when the job must stop: the worker is shutting down, time is up, or the
+        job was cancelled."""
         if self.stop_requested():
             raise WorkerShutdown("worker shutting down; the job will be redelivered")
         if time.monotonic() > self.deadline:
             raise JobTimeout("job exceeded STEM_JOB_TIMEOUT_S")
+        if self.cancel_requested is not None and self.cancel_requested():
+            raise JobCancelled("job cancelled (its cancel marker exists)")
 
     def cancelled(self) -> bool:
-        return self.stop_requested() or time.monotonic() > self.deadline
+        """Whether the job must stop (what ``check`` raises for); the separator asks this
+        between segment batches."""
+        return (
+            self.stop_requested()
+            or time.monotonic() > self.deadline
+            or (self.cancel_requested is not None and self.cancel_requested())
+        )
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -166,7 +178,10 @@ class Attempt:
         """The attempt failed; ``outcome`` is what the message gets, ``usage`` what it
         used (reported on its ``stems.failed``)."""
         self._count(usage)
-        self.label = "dead_lettered" if outcome is Outcome.ACK else "retried"
+        if disposition.action is Action.ACK:
+            self.label = "cancelled"
+        else:
+            self.label = "dead_lettered" if outcome is Outcome.ACK else "retried"
         self.code = disposition.code
         _log.log(
             logging.WARNING if outcome is Outcome.ACK else logging.ERROR,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from consumer.errors import FatalWorkerError, PermanentError, StemError
+from consumer.errors import FatalWorkerError, JobCancelled, PermanentError, StemError
 
 __all__ = ["Action", "Disposition", "decide"]
 
@@ -13,6 +13,8 @@ __all__ = ["Action", "Disposition", "decide"]
 class Action(enum.Enum):
     DEAD_LETTER = "dead_letter"
     """Publish to stem-dlq with the reason, then ack: retrying cannot help."""
+    ACK = "ack"
+    """Ack: the job ended as somebody asked (cancelled); nothing to retry or dead-letter."""
     RETRY = "retry"
     """Nack: Pub/Sub redelivers after the retry backoff, and dead-letters at the limit."""
 
@@ -31,6 +33,7 @@ class Disposition:
 def decide(error: BaseException, delivery_attempt: int, max_delivery_attempts: int) -> Disposition:
     """The disposition of ``error`` on delivery ``delivery_attempt`` (1-based).
 
+    - a cancelled job is acked, final, whatever the attempt: it is not an error to keep;
     - permanent errors are dead-lettered by us, at once, whatever the attempt;
     - transient and unknown errors are retried; the attempt that reaches the
       delivery-attempt limit is ``final`` (Pub/Sub dead-letters it after the nack);
@@ -39,6 +42,8 @@ def decide(error: BaseException, delivery_attempt: int, max_delivery_attempts: i
     """
     message = error.message if isinstance(error, StemError) else f"{type(error).__name__}: {error}"
     code = error.code if isinstance(error, StemError) else "internal_error"
+    if isinstance(error, JobCancelled):
+        return Disposition(Action.ACK, code, message, retryable=False, final=True)
     if isinstance(error, PermanentError):
         return Disposition(Action.DEAD_LETTER, code, message, retryable=False, final=True)
     last = delivery_attempt >= max_delivery_attempts

@@ -12,6 +12,7 @@
     │   ├── UnsupportedAudio        unsupported_audio   not wav/mp3/flac
     │   ├── CorruptAudio            corrupt_audio       the decoder cannot read it
     │   └── StemNotInModel          stem_not_in_model   a requested stem the model lacks
+    ├── JobCancelled            cancelled    its cancel marker exists → stems.failed(final) + ack
     ├── TransientError          may pass on redelivery → stems.failed(final on last attempt) + nack
     │   ├── StorageUnavailable      storage_unavailable GCS errors left after in-job retries
     │   ├── ChecksumMismatch        checksum_mismatch   downloaded bytes differ from crc32c
@@ -39,6 +40,7 @@ __all__ = [
     "DeviceOutOfMemory",
     "FatalWorkerError",
     "InvalidMessage",
+    "JobCancelled",
     "JobTimeout",
     "ModelLoadError",
     "PermanentError",
@@ -98,6 +100,14 @@ class CorruptAudio(PermanentError):
 
 class StemNotInModel(PermanentError):
     code = "stem_not_in_model"
+
+
+class JobCancelled(StemError):
+    """Somebody cancelled the job (``stemctl jobs cancel``, ``JobPublisher.cancel``): it
+    ends as asked — no stems, no retry, and nothing to dead-letter."""
+
+    code = "cancelled"
+    retryable = False
 
 
 class TransientError(StemError):

@@ -7,7 +7,10 @@ The handler only orchestrates (DESIGN.md "Delivery semantics"):
 3. if ``{outputUri}/manifest.json`` answers this job, republish its ``stems.processed`` and
    stop — a redelivered finished job costs no separation (:mod:`consumer.manifest`);
 4. otherwise run the pipeline: download, decode, separate, encode, upload, manifest last
-   (:mod:`consumer.pipeline`);
+   (:mod:`consumer.pipeline`). From here on the job's cancel marker
+   ``{STEM_OUTPUT_BUCKET}/_cancel/{jobId}`` is checked — now, between segment batches and
+   before each stem and the manifest; a cancelled job's stems are deleted and it ends as
+   ``stems.failed`` ``cancelled``, acked (a finished job stays finished);
 5. publish ``stems.processed``; only then is the message acked.
 
 Any failure is reported by :func:`consumer.reporting.report_failure` (the disposition of
@@ -17,14 +20,15 @@ are :func:`consumer.delivery.observe`.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from consumer.delivery import Delivery, Outcome, observe
-from consumer.errors import BucketNotAllowed, InvalidMessage
+from consumer.errors import BucketNotAllowed, InvalidMessage, JobCancelled, StorageUnavailable
 from consumer.events import EventPublisher, JobIds, progress_reporter
-from consumer.manifest import check_stems, existing_result, output_prefix
+from consumer.manifest import check_stems, existing_result, output_prefix, remove_stems
 from consumer.pipeline import Pipeline
 from consumer.reporting import report_failure
 from consumer.reuse import ReuseIndex
@@ -33,9 +37,18 @@ from consumer.settings import Settings
 from consumer.stems import DEFAULT_MEMORY_LIMIT_BYTES
 from consumer.storage import BlobStore
 from consumer.telemetry import Metrics
-from stem_contracts import ContractError, Job, StemsProcessing, decode_job, split_gcs_uri
+from stem_contracts import (
+    ContractError,
+    Job,
+    StemsProcessing,
+    cancel_marker_name,
+    decode_job,
+    split_gcs_uri,
+)
 
 __all__ = ["Delivery", "JobHandler", "Outcome"]
+
+_log = logging.getLogger(__name__)
 
 
 class JobHandler:
@@ -101,13 +114,24 @@ class JobHandler:
                     prefix,
                     model_version=self._separator.model_version,
                     sources=self._separator.sources,
+                    model_rate=self._separator.sample_rate,
                 )
                 duplicate = event is not None
                 if event is None:
+                    attempt.cancel_requested = self._cancel_marker(job)
                     progress = progress_reporter(
                         self._events, header, self.settings.progress_interval_s
                     )
-                    event = self._pipeline.run(job, prefix, header, attempt, progress=progress)
+                    try:
+                        attempt.check()  # cancelled before it arrived
+                        event = self._pipeline.run(job, prefix, header, attempt, progress=progress)
+                    except JobCancelled:
+                        removed = remove_stems(self._store, job, prefix, self._separator.sources)
+                        _log.info(
+                            "job cancelled",
+                            extra={"jobId": job.job_id, "removedObjects": len(removed)},
+                        )
+                        raise
                 with attempt.timed("publish"):
                     self._events.publish_result(event)
             except Exception as exc:
@@ -127,6 +151,23 @@ class JobHandler:
                 return outcome
             attempt.succeeded(event, duplicate=duplicate)
             return Outcome.ACK
+
+    def _cancel_marker(self, job: Job) -> Callable[[], bool]:
+        """Whether ``job``'s cancel marker exists; once seen, it stays seen. A failed look
+        counts as "not cancelled": the next check looks again."""
+        uri = f"gs://{self.settings.output_bucket}/{cancel_marker_name(job.job_id)}"
+        seen = False
+
+        def cancelled() -> bool:
+            nonlocal seen
+            if not seen:
+                try:
+                    seen = self._store.stat(uri) is not None
+                except StorageUnavailable:
+                    _log.warning("cancel marker check failed", extra={"jobId": job.job_id})
+            return seen
+
+        return cancelled
 
     @staticmethod
     def _decode(delivery: Delivery) -> Job:

@@ -7,6 +7,11 @@ releases the GIL: MP3-encoding six stems costs more CPU than a GPU needs to sepa
 each measured on the way to its encoder (loudness, peak, waveform: :mod:`consumer.analysis`)
 and uploaded with its ``peaks.json`` as soon as it is encoded; ``manifest.json`` is written
 last.
+
+The job's output options shape the encoding: ``clipMode`` (how each stem is kept from
+clipping, :mod:`consumer.stems`), ``sampleFormat`` and ``sampleRate`` (stems resampled
+with libsoxr when it differs from the model's, :func:`consumer.audio.resampled`); the
+analysis measures the stem as written, at its output rate.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from opentelemetry import context as otel_context
 from consumer import audio
 from consumer.analysis import MeteredSource, StemMeter
 from consumer.delivery import Attempt
+from consumer.errors import UnsupportedAudio
 from consumer.events import EventHeader
-from consumer.manifest import wanted_stems, write_manifest
+from consumer.manifest import stem_sample_format, stem_sample_rate, wanted_stems, write_manifest
 from consumer.reuse import SHA256_METADATA, ReuseIndex, reuse_key
 from consumer.separation import SeparationCancelled, Separator
 from consumer.settings import Settings
@@ -140,6 +146,14 @@ class Pipeline:
             attempt.audio_seconds = decoded.source.duration_seconds
 
             source = decoded.source
+            rate = stem_sample_rate(
+                job, model_rate=separator.sample_rate, source_rate=source.sample_rate
+            )
+            if job.format == "mp3" and rate not in audio.MP3_SAMPLE_RATES:
+                raise UnsupportedAudio(
+                    f"mp3 stems at the source's {rate} Hz: MPEG-1 layer III needs 32000, "
+                    "44100 or 48000 Hz (ask for wav/flac, or a sampleRate)"
+                )
             wanted = wanted_stems(job, separator.sources)
             spool = StemSpool(
                 workdir,
@@ -162,7 +176,7 @@ class Pipeline:
                 finally:
                     spool.close()
             del decoded  # the mix is no longer needed
-            files = self._encode_and_upload(job, prefix, spool, wanted, workdir, attempt)
+            files = self._encode_and_upload(job, prefix, spool, wanted, rate, workdir, attempt)
 
         event = StemsProcessed(
             **header,
@@ -178,6 +192,7 @@ class Pipeline:
             completed_at=datetime.now(UTC),
             usage=attempt.usage(separator.device_name, self._settings.cost_per_hour),
         )
+        attempt.check()  # a job cancelled while encoding leaves no manifest
         with attempt.timed("upload"):
             write_manifest(self._store, prefix, event)
             if key is not None and self._reuse is not None:
@@ -194,29 +209,32 @@ class Pipeline:
         prefix: str,
         spool: StemSpool,
         wanted: list[str],
+        rate: int,
         workdir: Path,
         attempt: Attempt,
     ) -> list[StemFile]:
-        """Encode and analyse the stems in parallel; upload each (and its waveform) when
-        it is done."""
+        """Encode and analyse the stems in parallel at ``rate``; upload each (and its
+        waveform) when it is done."""
         parent = otel_context.get_current()
-        sample_rate = self._separator.sample_rate
+        model_rate = self._separator.sample_rate
         settings = self._settings
 
         def one(name: str) -> StemFile:
             token = otel_context.attach(parent)  # stage spans stay children of the job
             try:
                 attempt.check()
-                stem = spool.source(name)
-                meter = StemMeter(sample_rate, *stem.shape, points=settings.waveform_points)
+                stem = audio.resampled(spool.source(name, job.clip_mode), model_rate, rate)
+                meter = StemMeter(rate, *stem.shape, points=settings.waveform_points)
                 with attempt.timed("encode"):
                     encoded = audio.encode(
                         MeteredSource(stem, meter),
-                        sample_rate,
+                        rate,
                         job.format,
                         workdir / f"{name}.{job.format}",
                         mp3_bitrate=job.mp3_bitrate,
                         mp3_quality=settings.mp3_quality,
+                        sample_format=job.sample_format,
+                        clamp=job.clip_mode != "none",
                     )
                     analysis = meter.result(silence_lufs=settings.silence_lufs)
                 spool.release(name)
@@ -250,6 +268,7 @@ class Pipeline:
                     peak_dbfs=analysis.peak_dbfs,
                     silent=analysis.silent,
                     peaks_uri=peaks_uri,
+                    sample_format=stem_sample_format(job),
                 )
             finally:
                 otel_context.detach(token)

@@ -100,6 +100,8 @@ def report_failure(
                 dead_letter_attributes(delivery.attributes, disposition, delivery.delivery_attempt),
             )
             return disposition, Outcome.ACK
+        if disposition.action is Action.ACK:
+            return disposition, Outcome.ACK
     except PublishFailed:
         _log.exception("could not report a failed job", extra={"messageId": delivery.message_id})
     return disposition, Outcome.NACK

@@ -70,6 +70,7 @@ def output_settings(settings: Settings) -> dict[str, object]:
         "STEM_MODEL_REPO": str(settings.model_repo) if settings.model_repo else None,
         "STEM_SEGMENT_OVERLAP": settings.segment_overlap,
         "STEM_SHIFTS": settings.shifts,
+        "STEM_SEGMENT_SECONDS": settings.segment_seconds,
         "STEM_PRECISION": settings.precision,
         "STEM_MP3_QUALITY": settings.mp3_quality,
         # the analysis written beside the stems: the silent flags and the peaks.json
@@ -87,6 +88,10 @@ def reuse_key(source_sha256: str, job: Job, sources: Sequence[str], settings: Se
         "mp3Bitrate": job.mp3_bitrate,
         # All stems by default and the same stems named explicitly are the same request.
         "stems": sorted(wanted_stems(job, sources)),
+        # the output options; "source" resolves the same way for the same source bytes
+        "sampleFormat": job.sample_format,
+        "clipMode": job.clip_mode,
+        "sampleRate": job.sample_rate,
         "settings": output_settings(settings),
     }
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))

@@ -99,6 +99,21 @@ class Settings(BaseSettings):
     output_bucket: str = Field(
         "stem-output", description="STEM_OUTPUT_BUCKET: default home of the stems."
     )
+    # --- retention (issue 18) ---------------------------------------------------------------
+    staging_retention_days: int = Field(
+        8,
+        ge=8,
+        description="STEM_STAGING_RETENTION_DAYS: staged sources are deleted after this many "
+        "days (a lifecycle rule). Default 8: more than the 7 days a dead letter is kept, "
+        "since `stemctl dlq replay` re-runs a job from its staged source.",
+    )
+    output_retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="STEM_OUTPUT_RETENTION_DAYS: stems are deleted after this many days. "
+        "Default: unset = kept (the catalog owns them). Cancel markers (_cancel/) are "
+        "always deleted after a day.",
+    )
     allowed_buckets: Annotated[frozenset[str], NoDecode] = Field(
         default=frozenset(),
         description="STEM_ALLOWED_BUCKETS: comma list of buckets jobs may read or write. "
@@ -116,6 +131,13 @@ class Settings(BaseSettings):
     )
     segment_overlap: float = Field(
         0.25, ge=0.0, lt=1.0, description="STEM_SEGMENT_OVERLAP: overlap between segments."
+    )
+    segment_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="STEM_SEGMENT_SECONDS: length of one segment (Demucs' --segment). Default: "
+        "unset = the model's own (7.8 s for htdemucs_6s, its maximum). Shorter segments cost "
+        "as much each (HTDemucs pads them) but make a cancel take effect sooner.",
     )
     shifts: int = Field(
         0,

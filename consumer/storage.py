@@ -85,6 +85,10 @@ class BlobStore(Protocol):
         """The whole (small) object, or ``None`` when it does not exist."""
         ...
 
+    def delete(self, uri: str) -> bool:
+        """Delete ``uri``; ``False`` when it did not exist."""
+        ...
+
     def write_bytes(self, uri: str, data: bytes, *, content_type: str) -> None:
         """Write a small object (the manifest)."""
         ...
@@ -251,6 +255,16 @@ class GcsBlobStore:
 
         return self._retry("read", uri, call)
 
+    def delete(self, uri: str) -> bool:
+        def call() -> bool:
+            try:
+                self._blob(uri).delete(timeout=self._timeout, retry=None)
+            except gexc.NotFound:
+                return False
+            return True
+
+        return self._retry("delete", uri, call)
+
     def write_bytes(self, uri: str, data: bytes, *, content_type: str) -> None:
         blob = self._blob(uri)
         self._retry(
@@ -371,6 +385,18 @@ class LocalBlobStore:
             return None
         except OSError as exc:
             raise StorageUnavailable(f"read {path}: {exc.strerror or exc}") from exc
+
+    def delete(self, uri: str) -> bool:
+        if self.stat(uri) is None:
+            return False
+        path = self.path(uri)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageUnavailable(f"delete {path}: {exc.strerror or exc}") from exc
+        return True
 
     def write_bytes(self, uri: str, data: bytes, *, content_type: str) -> None:
         self._write(uri, crc32c_b64(data), lambda file: file.write(data))

@@ -81,7 +81,8 @@ class Metrics:
         r = self.registry
         self.jobs = Counter(
             "stem_jobs",
-            "Jobs by outcome: processed, duplicate (manifest existed), dead_lettered, retried.",
+            "Jobs by outcome: processed, duplicate (manifest existed), cancelled, dead_lettered, "
+            "retried.",
             ["outcome", "error_code"],
             registry=r,
         )

@@ -1,6 +1,12 @@
 """Idempotent provisioning of the fleet's topics, subscriptions, (on the emulator) buckets and
 (on real GCP) the staging bucket's upload notifications.
 
+Buckets get the lifecycle rules the retention settings describe (:func:`desired_lifecycle`):
+staged sources deleted after ``STEM_STAGING_RETENTION_DAYS``, stems after
+``STEM_OUTPUT_RETENTION_DAYS`` when set, cancel markers (``_cancel/``) after a day. A
+storage server that accepts the rules but does not keep them (fake-gcs-server 1.x stores
+no lifecycle configuration) is reported as such, not as a change on every run.
+
 ``apply`` reads what exists, compares it with what the settings describe, and creates or
 updates only what differs; a second run reports every resource as ``ok``. ``dry_run``
 reports the same plan and changes nothing. The Terraform in ``infra/terraform`` describes
@@ -10,24 +16,33 @@ the same resources for real projects (plus IAM, which the emulator does not have
 from __future__ import annotations
 
 import contextlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1, storage
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from consumer.settings import Settings
+from stem_contracts import CANCEL_PREFIX
 
 __all__ = [
+    "CANCEL_MARKER_DAYS",
     "DLQ_RETENTION_S",
     "UPLOAD_EVENT_TYPES",
     "UPLOAD_PAYLOAD_FORMAT",
     "Change",
     "ProvisioningError",
     "apply",
+    "desired_lifecycle",
     "desired_subscriptions",
 ]
+
+CANCEL_MARKER_DAYS = 1
+"""Cancel markers are deleted a day after they are written: a job cancelled before it was
+published is expected within a day."""
 
 DLQ_RETENTION_S = 7 * 24 * 3600
 """Dead letters are kept for the longest retention Pub/Sub allows: 7 days."""
@@ -217,16 +232,64 @@ def _apply_subscriptions(
     return changes
 
 
+def _rule(action: str, age: int, prefixes: tuple[str, ...] = ()) -> dict[str, Any]:
+    condition: dict[str, Any] = {"age": age}
+    if prefixes:
+        condition["matchesPrefix"] = list(prefixes)
+    return {"action": {"type": action}, "condition": condition}
+
+
+def desired_lifecycle(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """The lifecycle rules of each bucket, as the JSON API writes them (the same rules as
+    ``infra/terraform/storage.tf``)."""
+    abort_uploads = _rule("AbortIncompleteMultipartUpload", 1)
+    staging = [_rule("Delete", settings.staging_retention_days), abort_uploads]
+    output = [abort_uploads, _rule("Delete", CANCEL_MARKER_DAYS, (CANCEL_PREFIX,))]
+    if settings.output_retention_days is not None:
+        output.append(_rule("Delete", settings.output_retention_days))
+    if settings.staging_bucket == settings.output_bucket:  # one bucket: the shorter keeps both
+        return {settings.staging_bucket: staging + output[1:]}
+    return {settings.staging_bucket: staging, settings.output_bucket: output}
+
+
+def _rule_set(rules: Any) -> set[str]:
+    return {json.dumps(dict(rule), sort_keys=True) for rule in rules}
+
+
+def _describe_rules(rules: Sequence[Mapping[str, Any]]) -> str:
+    parts = []
+    for rule in rules:
+        condition = rule["condition"]
+        where = "".join(f" {p}*" for p in condition.get("matchesPrefix", ()))
+        parts.append(f"{rule['action']['type']}{where} after {condition['age']}d")
+    return "lifecycle: " + ", ".join(parts)
+
+
 def _apply_buckets(settings: Settings, client: storage.Client, dry_run: bool) -> list[Change]:
     changes = []
-    for name in sorted({settings.staging_bucket, settings.output_bucket}):
-        if client.lookup_bucket(name) is not None:
-            changes.append(Change("ok", "bucket", name))
+    for name, rules in sorted(desired_lifecycle(settings).items()):
+        detail = _describe_rules(rules)
+        bucket = client.lookup_bucket(name)
+        if bucket is not None and _rule_set(bucket.lifecycle_rules) == _rule_set(rules):
+            changes.append(Change("ok", "bucket", name, detail))
             continue
-        if not dry_run:
+        action: Action = "create" if bucket is None else "update"
+        if dry_run:
+            changes.append(Change(action, "bucket", name, detail))
+            continue
+        if bucket is None:
             with contextlib.suppress(gexc.Conflict):
                 client.create_bucket(name)
-        changes.append(Change("create", "bucket", name))
+        bucket = client.bucket(name)
+        bucket.lifecycle_rules = rules
+        bucket.patch()
+        kept = client.get_bucket(name).lifecycle_rules
+        if _rule_set(kept) != _rule_set(rules):
+            # fake-gcs-server answers the patch but keeps no lifecycle configuration.
+            if action == "update":
+                action = "ok"
+            detail = "this storage server keeps no lifecycle rules; wanted " + detail
+        changes.append(Change(action, "bucket", name, detail))
     return changes
 
 
@@ -288,8 +351,9 @@ def apply(
     storage_client: storage.Client | None = None,
     notification_client: storage.Client | None = None,
 ) -> list[Change]:
-    """Bring topics, subscriptions, (given a storage client) buckets and (given a
-    notification client) the staging bucket's upload notifications to the settings.
+    """Bring topics, subscriptions, (given a storage client) buckets and their lifecycle
+    rules, and (given a notification client) the staging bucket's upload notifications to
+    the settings.
 
     Topics come first: a subscription's dead-letter topic must exist before it, and a
     notification's topic before the notification. Buckets are only managed when

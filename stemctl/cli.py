@@ -25,6 +25,7 @@ from stem_contracts import (
 )
 from stemctl.display import progress_bars
 from stemctl.dlq.commands import dlq_app
+from stemctl.jobs import jobs_app
 from stemctl.model import ModelName, ModelRepo, model_app
 from stemctl.results import (
     event_line,
@@ -35,11 +36,15 @@ from stemctl.results import (
 )
 from stemctl.support import (
     MP3_BITRATES,
+    ClipMode,
     Device,
+    SampleFormat,
     StemFormat,
     check_mp3_bitrate,
     load_settings,
     operator_errors,
+    output_options,
+    sample_rate_option,
     stem_list,
 )
 
@@ -58,6 +63,7 @@ results_app = typer.Typer(help="Watch result events on stem-results.", no_args_i
 app.add_typer(results_app, name="results")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(model_app, name="model")
+app.add_typer(jobs_app, name="jobs")
 
 _log = logging.getLogger("stemctl")
 
@@ -129,6 +135,20 @@ def submit(
         str | None, typer.Option("--stems", help="Comma list, e.g. vocals,drums. Default: all.")
     ] = None,
     output_uri: Annotated[str | None, typer.Option("--output-uri")] = None,
+    sample_format: Annotated[
+        SampleFormat, typer.Option("--sample-format", help="pcm24: wav/flac; float32: wav.")
+    ] = SampleFormat.pcm16,
+    clip_mode: Annotated[
+        ClipMode, typer.Option("--clip-mode", help="none: float32 only.")
+    ] = ClipMode.rescale,
+    sample_rate: Annotated[
+        str | None,
+        typer.Option(
+            "--sample-rate",
+            help="'source' or Hz. Default: the model's 44.1 kHz.",
+            callback=sample_rate_option,
+        ),
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option(
@@ -152,6 +172,7 @@ def submit(
             fmt=fmt.value,
             stems=stem_list(stems),
             output_uri=output_uri,
+            options=output_options(sample_format, clip_mode, sample_rate),
         )
         if results is None:
             return
@@ -176,6 +197,7 @@ def _publish_job(
     fmt: str,
     stems: tuple[str, ...] | None,
     output_uri: str | None,
+    options: dict[str, object],
 ) -> Job:
     fields: dict[str, Any] = {
         "job_id": job_id,
@@ -184,6 +206,7 @@ def _publish_job(
         "model": settings.model,
         "stems": stems,
         "format": fmt,
+        **options,
     }
     with JobPublisher(
         settings.require_project(),
@@ -326,6 +349,16 @@ def demo(
         float, typer.Option("--seconds", help="Length of the generated sample.")
     ] = 4.0,
     fmt: Annotated[StemFormat, typer.Option("--format")] = StemFormat.mp3,
+    stems: Annotated[
+        str | None,
+        typer.Option("--stems", help="Comma list, e.g. vocals,no_vocals. Default: all."),
+    ] = None,
+    sample_format: Annotated[
+        SampleFormat, typer.Option("--sample-format", help="pcm24: wav/flac; float32: wav.")
+    ] = SampleFormat.pcm16,
+    clip_mode: Annotated[
+        ClipMode, typer.Option("--clip-mode", help="none: float32 only.")
+    ] = ClipMode.rescale,
     fetch: Annotated[
         bool, typer.Option("--fetch", help="Download htdemucs_6s weights when not cached.")
     ] = False,
@@ -351,9 +384,17 @@ def demo(
     """
     from stemctl.demo import run_demo
 
-    raise typer.Exit(
-        code=run_demo(file, out=out, seconds=seconds, fmt=fmt.value, fetch=fetch, upload=upload)
+    code = run_demo(
+        file,
+        out=out,
+        seconds=seconds,
+        fmt=fmt.value,
+        fetch=fetch,
+        upload=upload,
+        stems=stem_list(stems),
+        options=output_options(sample_format, clip_mode, None),
     )
+    raise typer.Exit(code=code)
 
 
 def main() -> None:

@@ -206,6 +206,8 @@ def run_demo(
     fmt: str = "mp3",
     fetch: bool = False,
     upload: bool = False,
+    stems: tuple[str, ...] | None = None,
+    options: dict[str, object] | None = None,
 ) -> int:
     """Run the demo on ``file`` (default: a generated sample of ``seconds``); with ``out``,
     leave the stems in ``out/{track}/``; with ``upload``, through an upload and the intake.
@@ -286,6 +288,8 @@ def run_demo(
                             track_id=track,
                             model=settings.model,
                             format=fmt,  # type: ignore[arg-type]
+                            stems=stems,
+                            **(options or {}),  # type: ignore[arg-type]
                         )
                     job = submitted.job
                     console.print(f"[green]✓[/] submitted {what} as job {job.job_id}")

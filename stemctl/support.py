@@ -22,12 +22,16 @@ from stem_contracts import Job
 
 __all__ = [
     "MP3_BITRATES",
+    "ClipMode",
     "CommandFailed",
     "Device",
+    "SampleFormat",
     "StemFormat",
     "check_mp3_bitrate",
     "load_settings",
     "operator_errors",
+    "output_options",
+    "sample_rate_option",
     "stem_list",
     "track_ids",
 ]
@@ -40,6 +44,38 @@ class StemFormat(enum.StrEnum):
     mp3 = "mp3"
     wav = "wav"
     flac = "flac"
+
+
+class SampleFormat(enum.StrEnum):
+    pcm16 = "pcm16"
+    pcm24 = "pcm24"
+    float32 = "float32"
+
+
+class ClipMode(enum.StrEnum):
+    rescale = "rescale"
+    clamp = "clamp"
+    none = "none"
+
+
+def sample_rate_option(value: str | None) -> int | str | None:
+    """A typer callback: ``--sample-rate source`` or a rate in Hz."""
+    if value is None or value == "source":
+        return value
+    if not value.isdigit():
+        raise typer.BadParameter(f"{value!r} is neither 'source' nor a rate in Hz")
+    return int(value)
+
+
+def output_options(
+    sample_format: SampleFormat, clip_mode: ClipMode, sample_rate: int | str | None
+) -> dict[str, object]:
+    """The job fields of the ``--sample-format``/``--clip-mode``/``--sample-rate`` options."""
+    return {
+        "sample_format": sample_format.value,
+        "clip_mode": clip_mode.value,
+        "sample_rate": sample_rate,
+    }
 
 
 class Device(enum.StrEnum):

@@ -8,10 +8,13 @@ Install it alone (no torch, no demucs) to submit jobs and receive results::
 from stem_contracts import topics
 from stem_contracts.codec import ContractError, FieldProblem, decode_event, decode_job, encode
 from stem_contracts.models import (
+    CLIP_MODES,
+    COMPLEMENT_PREFIX,
     CONTENT_TYPES,
     DEFAULT_MODEL,
     HTDEMUCS_6S_STEMS,
     ID_PATTERN,
+    SAMPLE_FORMATS,
     SCHEMA_VERSION,
     ErrorInfo,
     Job,
@@ -23,17 +26,29 @@ from stem_contracts.models import (
     StemsProcessing,
     StemsProgress,
     Usage,
+    complement_of,
     model_version,
     split_gcs_uri,
 )
-from stem_contracts.publisher import JobPublisher, StagingError, SubmittedJob, crc32c_b64
+from stem_contracts.publisher import (
+    CANCEL_PREFIX,
+    JobPublisher,
+    StagingError,
+    SubmittedJob,
+    cancel_marker_name,
+    crc32c_b64,
+)
 from stem_contracts.subscriber import ResultSubscriber
 
 __all__ = [
+    "CANCEL_PREFIX",
+    "CLIP_MODES",
+    "COMPLEMENT_PREFIX",
     "CONTENT_TYPES",
     "DEFAULT_MODEL",
     "HTDEMUCS_6S_STEMS",
     "ID_PATTERN",
+    "SAMPLE_FORMATS",
     "SCHEMA_VERSION",
     "ContractError",
     "ErrorInfo",
@@ -51,6 +66,8 @@ __all__ = [
     "StemsProgress",
     "SubmittedJob",
     "Usage",
+    "cancel_marker_name",
+    "complement_of",
     "crc32c_b64",
     "decode_event",
     "decode_job",

@@ -27,12 +27,15 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "CLIP_MODES",
+    "COMPLEMENT_PREFIX",
     "CONTENT_TYPES",
     "DEFAULT_MODEL",
     "FORMATS",
     "HTDEMUCS_6S_STEMS",
     "ID_PATTERN",
     "KNOWN_MODEL_STEMS",
+    "SAMPLE_FORMATS",
     "SCHEMA_VERSION",
     "ErrorInfo",
     "GcsUri",
@@ -45,6 +48,7 @@ __all__ = [
     "StemsProcessing",
     "StemsProgress",
     "Usage",
+    "complement_of",
     "model_version",
     "split_gcs_uri",
 ]
@@ -67,6 +71,27 @@ KNOWN_MODEL_STEMS: Final[dict[str, tuple[str, ...]]] = {
     "htdemucs_ft": ("drums", "bass", "other", "vocals"),
 }
 """Sources of the models the contract knows; other models are checked by the worker."""
+
+# --- output options (issue 18) -----------------------------------------------------------
+COMPLEMENT_PREFIX: Final = "no_"
+"""``no_<source>`` names the sum of the model's other sources (Demucs' ``add`` method)."""
+SAMPLE_FORMATS: Final[dict[str, tuple[str, ...]]] = {
+    "pcm16": ("mp3", "wav", "flac"),
+    "pcm24": ("wav", "flac"),
+    "float32": ("wav",),
+}
+"""Each ``sampleFormat`` and the formats that can hold it (mp3 is always fed 16-bit PCM)."""
+CLIP_MODES: Final = ("rescale", "clamp", "none")
+"""``clipMode``: Demucs' ``--clip-mode`` (``none`` only for float32, which can hold it)."""
+_MIN_OUTPUT_RATE: Final = 8_000
+_MAX_OUTPUT_RATE: Final = 192_000
+_MP3_RATES: Final = (32_000, 44_100, 48_000)
+
+
+def complement_of(stem: str) -> str | None:
+    """The source a complement stem leaves out (``no_vocals`` → ``vocals``), else ``None``."""
+    return stem[len(COMPLEMENT_PREFIX) :] if stem.startswith(COMPLEMENT_PREFIX) else None
+
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 
@@ -151,7 +176,10 @@ class Job(_Wire):
         "gs://bucket/prefix for the stems; default gs://$STEM_OUTPUT_BUCKET/stems/{trackId}/{jobId}"
     )
     model: ModelName = DEFAULT_MODEL
-    stems: tuple[StemName, ...] | None = _unset("subset of the model's sources; default all")
+    stems: tuple[StemName, ...] | None = _unset(
+        "subset of the model's sources, and complements no_<source> (the sum of the other "
+        "sources); default all sources"
+    )
     format: Literal["mp3", "wav", "flac"] = "mp3"
     mp3_bitrate: Literal[96, 112, 128, 160, 192, 224, 256, 320] = Field(
         default=320,
@@ -169,6 +197,46 @@ class Job(_Wire):
         "settings); false always separates",
     )
 
+    # --- output options (issue 18) --------------------------------------------------------
+    sample_format: Literal["pcm16", "pcm24", "float32"] = Field(
+        default="pcm16",
+        description="sample format of wav/flac stems: pcm16, pcm24 (wav, flac), float32 (wav)",
+    )
+    clip_mode: Literal["rescale", "clamp", "none"] = Field(
+        default="rescale",
+        description="what keeps a stem within full scale (Demucs' --clip-mode): rescale a stem "
+        "that would clip by its peak (the default, as Demucs' writer), clamp its samples, or "
+        "none (float32 only)",
+    )
+    sample_rate: (
+        Literal["source"] | Annotated[int, Field(ge=_MIN_OUTPUT_RATE, le=_MAX_OUTPUT_RATE)] | None
+    ) = _unset(
+        "sample rate of the stems: absent = the model's, \"source\" = the source file's, or "
+        "a rate in Hz (mp3: 32000, 44100 or 48000)"
+    )
+
+    @model_validator(mode="after")
+    def _check_output_options(self) -> Job:
+        if self.format not in SAMPLE_FORMATS[self.sample_format]:
+            raise ValueError(
+                f"sampleFormat: {self.sample_format} is not available for {self.format} "
+                f"(only {', '.join(SAMPLE_FORMATS[self.sample_format])})"
+            )
+        if self.clip_mode == "none" and self.sample_format != "float32":
+            raise ValueError(
+                f"clipMode: none needs sampleFormat float32 ({self.sample_format} cannot "
+                "hold samples beyond full scale)"
+            )
+        if (
+            self.format == "mp3"
+            and isinstance(self.sample_rate, int)
+            and self.sample_rate not in _MP3_RATES
+        ):
+            raise ValueError(
+                f"sampleRate: mp3 stems need 32000, 44100 or 48000 Hz, not {self.sample_rate}"
+            )
+        return self
+
     @model_validator(mode="after")
     def _check_stems(self) -> Job:
         if self.stems is None:
@@ -179,11 +247,11 @@ class Job(_Wire):
             raise ValueError("stems: names must be unique")
         known = KNOWN_MODEL_STEMS.get(self.model)
         if known is not None:
-            unknown = [s for s in self.stems if s not in known]
+            unknown = [s for s in self.stems if (complement_of(s) or s) not in known]
             if unknown:
                 raise ValueError(
                     f"stems: {', '.join(unknown)} not in model {self.model} "
-                    f"(has {', '.join(known)})"
+                    f"(has {', '.join(known)}, and no_<source> for each)"
                 )
         return self
 
@@ -214,6 +282,12 @@ class StemFile(_Wire):
     sample_rate: int = Field(gt=0)
     channels: int = Field(gt=0)
     sha256: Sha256
+
+    # --- output options (issue 18) --------------------------------------------------------
+    sample_format: Literal["pcm16", "pcm24", "float32"] | None = _unset(
+        "sample format of a wav/flac stem; absent for mp3 (and in manifests written before "
+        "it existed, which are pcm16)"
+    )
 
     # --- stem analysis (round 2; absent from stems written before it) -------------------
     loudness_lufs: float | None = Field(

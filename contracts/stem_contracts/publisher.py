@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal
@@ -19,14 +22,33 @@ from opentelemetry import trace
 
 from stem_contracts import topics
 from stem_contracts.codec import encode
-from stem_contracts.models import CONTENT_TYPES, DEFAULT_MODEL, Job
+from stem_contracts.models import CONTENT_TYPES, DEFAULT_MODEL, ID_PATTERN, Job
 from stem_contracts.retry import TRANSIENT_ERRORS, api_retry, retrying
 from stem_contracts.tracing import inject_trace_attributes
 
-__all__ = ["TRANSIENT_ERRORS", "JobPublisher", "StagingError", "SubmittedJob", "crc32c_b64"]
+__all__ = [
+    "CANCEL_PREFIX",
+    "TRANSIENT_ERRORS",
+    "JobPublisher",
+    "StagingError",
+    "SubmittedJob",
+    "cancel_marker_name",
+    "crc32c_b64",
+]
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("stem_contracts")
+
+CANCEL_PREFIX: Final = "_cancel/"
+"""Cancel markers live at ``{OUTPUT_BUCKET}/_cancel/{jobId}`` (expired after a day)."""
+
+
+def cancel_marker_name(job_id: str) -> str:
+    """The object name of ``job_id``'s cancel marker in the output bucket."""
+    if not re.match(ID_PATTERN, job_id):
+        raise ValueError(f"{job_id!r} is not a job id ({ID_PATTERN})")
+    return CANCEL_PREFIX + job_id
+
 
 # How much longer than the client's own retry deadline a publish's confirmation is awaited.
 _CONFIRM_SLACK_S: Final = 5.0
@@ -81,6 +103,7 @@ class JobPublisher:
         *,
         topic: str = topics.JOBS_TOPIC,
         staging_bucket: str | None = None,
+        output_bucket: str | None = None,
         batch_settings: BatchSettings | None = None,
         publish_timeout_s: float = 60.0,
         attempts: int = 5,
@@ -89,6 +112,7 @@ class JobPublisher:
     ) -> None:
         self._project = project
         self._staging_bucket = staging_bucket
+        self._output_bucket = output_bucket
         self._publisher = publisher or pubsub_v1.PublisherClient(
             batch_settings=batch_settings or BatchSettings()
         )
@@ -168,11 +192,15 @@ class JobPublisher:
         format: Literal["mp3", "wav", "flac"] = "mp3",
         mp3_bitrate: int = 320,
         correlation_id: str | None = None,
+        sample_format: Literal["pcm16", "pcm24", "float32"] = "pcm16",
+        clip_mode: Literal["rescale", "clamp", "none"] = "rescale",
+        sample_rate: int | Literal["source"] | None = None,
     ) -> SubmittedJob:
         """Stage ``path`` in the staging bucket and publish a job for it.
 
-        The job is validated before anything is uploaded, so a bad id or bitrate costs no
-        upload. ``job_id`` defaults to a random UUID.
+        The job is validated before anything is uploaded, so a bad id, bitrate or
+        combination of output options costs no upload. ``job_id`` defaults to a random
+        UUID.
         """
         job_id = job_id or uuid.uuid4().hex
         fmt = path.suffix.lower().lstrip(".") or "audio"
@@ -187,10 +215,39 @@ class JobPublisher:
             format=format,
             mp3_bitrate=mp3_bitrate,
             correlation_id=correlation_id,
+            sample_format=sample_format,
+            clip_mode=clip_mode,
+            sample_rate=sample_rate,
         )
         source_uri = self.stage_file(path, track_id=track_id, job_id=job_id)
         job = planned.model_copy(update={"source_uri": source_uri})
         return SubmittedJob(job=job, message_id=self.publish(job))
+
+    def cancel(self, job_id: str, *, reason: str | None = None) -> str:
+        """Cancel a job: write its marker ``gs://{output_bucket}/_cancel/{jobId}``.
+
+        A worker checks the marker when the job starts and between segment batches; the
+        job then ends as ``stems.failed`` with error code ``cancelled`` and leaves no
+        stems. A job not yet published is cancelled when it arrives; one already
+        finished stays finished. Writing the marker again is harmless. Returns its URI.
+        """
+        if self._output_bucket is None:
+            raise ValueError("no output bucket configured (output_bucket=...)")
+        name = cancel_marker_name(job_id)
+        body = {"jobId": job_id, "cancelledAt": datetime.now(UTC).isoformat()}
+        if reason:
+            body["reason"] = reason
+        client = self._storage or storage.Client(project=self._project)
+        blob = client.bucket(self._output_bucket).blob(name)
+        for attempt in retrying(
+            attempts=self._attempts, max_wait_s=10.0, reraise=True, logger=_log
+        ):
+            with attempt:
+                blob.upload_from_string(
+                    json.dumps(body), content_type="application/json", retry=None
+                )
+        _log.info("job cancelled", extra={"jobId": job_id})
+        return f"gs://{self._output_bucket}/{name}"
 
     def close(self) -> None:
         """Flush pending batches and stop the publisher's background threads."""

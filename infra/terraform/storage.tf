@@ -54,6 +54,18 @@ resource "google_storage_bucket" "output" {
     }
   }
 
+  # Cancel markers (`stemctl jobs cancel`, JobPublisher.cancel): a day is enough for a job
+  # cancelled before it was published to arrive (infra/provision.py CANCEL_MARKER_DAYS).
+  lifecycle_rule {
+    condition {
+      age            = 1
+      matches_prefix = ["_cancel/"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
   # Off by default: stems live as long as the catalog references them.
   dynamic "lifecycle_rule" {
     for_each = var.output_retention_days > 0 ? [var.output_retention_days] : []

@@ -565,3 +565,61 @@ def test_failed_encode_leaves_no_file(tmp_path: Path, fmt: AudioFormat) -> None:
         encode(samples, RATE, fmt, dest)
 
     assert not dest.exists()
+
+
+# --- sample formats and resampling (issue 18) ----------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_pcm24_is_24_bit_quantised_as_pcm16_is(tmp_path: Path, fmt: AudioFormat) -> None:
+    source = clip(0.5)
+
+    encoded = encode(source, RATE, fmt, tmp_path / f"x.{fmt}", sample_format="pcm24")
+
+    assert sf.info(str(encoded.path)).subtype == "PCM_24"
+    ints, _ = sf.read(str(encoded.path), dtype="int32")
+    expected = (np.clip(source, -1, 1) * (2**23 - 1)).astype(np.int32).T
+    np.testing.assert_array_equal(ints >> 8, expected)
+
+
+def test_float32_wav_keeps_samples_beyond_full_scale_only_unclamped(tmp_path: Path) -> None:
+    source = clip(0.5) * 3
+
+    unclamped = encode(
+        source, RATE, "wav", tmp_path / "a.wav", sample_format="float32", clamp=False
+    )
+    clamped = encode(source, RATE, "wav", tmp_path / "b.wav", sample_format="float32")
+
+    assert sf.info(str(unclamped.path)).subtype == "FLOAT"
+    np.testing.assert_array_equal(sf.read(str(unclamped.path), dtype="float32")[0].T, source)
+    np.testing.assert_array_equal(
+        sf.read(str(clamped.path), dtype="float32")[0].T, np.clip(source, -1, 1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "sample_format", "clamp"),
+    [("flac", "float32", True), ("mp3", "pcm24", True), ("wav", "pcm16", False)],
+)
+def test_impossible_sample_formats_are_refused(
+    tmp_path: Path, fmt: AudioFormat, sample_format: audio.SampleFormat, clamp: bool
+) -> None:
+    with pytest.raises(ValueError, match=r"cannot|need|only"):
+        encode(
+            clip(0.1), RATE, fmt, tmp_path / f"x.{fmt}", sample_format=sample_format, clamp=clamp
+        )
+
+
+@pytest.mark.parametrize(("to_rate", "frames"), [(48000, 24000), (22050, 11025), (RATE, RATE // 2)])
+def test_resampled_stems_have_the_exact_length_and_keep_a_tone(to_rate: int, frames: int) -> None:
+    seconds = 0.5
+    t = np.arange(int(RATE * seconds)) / RATE
+    tone = np.stack([np.sin(2 * np.pi * 1000 * t)] * 2).astype(np.float32) * 0.5
+
+    out = audio.resampled(audio._ArraySource(tone), RATE, to_rate)
+    got = np.concatenate(list(out.blocks(4096)), axis=-1)
+
+    assert out.shape == (2, frames) == got.shape
+    expected = np.sin(2 * np.pi * 1000 * np.arange(frames) / to_rate) * 0.5
+    middle = slice(frames // 4, 3 * frames // 4)  # away from the filter's edges
+    np.testing.assert_allclose(got[0, middle], expected[middle], atol=1e-3)

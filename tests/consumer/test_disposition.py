@@ -3,7 +3,7 @@
 DESIGN.md "Delivery semantics": permanent errors are dead-lettered by the worker and acked
 whatever the attempt; transient and unknown errors are nacked, ``final`` on the attempt
 that reaches the delivery-attempt limit; a fatal worker error retries the message and tells
-the worker to exit.
+the worker to exit. A cancelled job (issue 18) is acked, final, never retried or dead-lettered.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from consumer.disposition import Action, decide
 from consumer.errors import StemError, StemNotInModel, WorkerShutdown
 from consumer.manifest import check_stems
 
-D, R = Action.DEAD_LETTER, Action.RETRY
+D, R, A = Action.DEAD_LETTER, Action.RETRY, Action.ACK
 
 # (error class, action, code, retryable, worker_must_exit): written out, not derived from
 # the classes, so that a changed class attribute shows up as a failing row.
@@ -30,6 +30,7 @@ TABLE: list[tuple[type[Exception], Action, str, bool, bool]] = [
     (errors.UnsupportedAudio, D, "unsupported_audio", False, False),
     (errors.CorruptAudio, D, "corrupt_audio", False, False),
     (errors.StemNotInModel, D, "stem_not_in_model", False, False),
+    (errors.JobCancelled, A, "cancelled", False, False),
     (errors.StorageUnavailable, R, "storage_unavailable", True, False),
     (errors.ChecksumMismatch, R, "checksum_mismatch", True, False),
     (errors.JobTimeout, R, "job_timeout", True, False),
@@ -72,7 +73,7 @@ def test_disposition_table(
     assert disposition.code == code
     assert disposition.retryable is retryable
     # Permanent: no attempt follows ours. Otherwise: only the attempt at the limit is final.
-    expected_final = action is D or attempt >= max_attempts
+    expected_final = action in (D, A) or attempt >= max_attempts
     assert disposition.final is expected_final
     assert disposition.worker_must_exit is must_exit
 
@@ -119,4 +120,14 @@ def test_stems_a_model_lacks_are_named_beside_the_ones_it_has() -> None:
     check_stems(["bass", "drums"], "duo", ["drums", "bass"])  # a subset: fine
     with pytest.raises(StemNotInModel) as caught:
         check_stems(["kazoo", "bass", "flute"], "duo", ["drums", "bass"])
-    assert caught.value.message == "stem kazoo, flute not in model duo (has drums, bass)"
+    assert caught.value.message == (
+        "stem kazoo, flute not in model duo (has drums, bass, and no_<source> for each)"
+    )
+
+
+def test_complement_stems_of_the_models_sources_are_known_and_others_are_not() -> None:
+    """Issue 18: ``no_<source>`` for each source, in any mix with sources."""
+    check_stems(["no_bass", "drums", "no_drums"], "duo", ["drums", "bass"])
+    with pytest.raises(StemNotInModel) as caught:
+        check_stems(["no_kazoo", "no_no_bass", "no_", "bass"], "duo", ["drums", "bass"])
+    assert caught.value.message.startswith("stem no_kazoo, no_no_bass, no_ not in model duo")

@@ -10,13 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from consumer.errors import ModelLoadError, StorageUnavailable
 from consumer.handler import Delivery, JobHandler, Outcome
+from consumer.manifest import remove_stems
 from consumer.settings import Settings
 from stem_contracts import (
     HTDEMUCS_6S_STEMS,
@@ -174,8 +177,18 @@ def test_redelivered_job_with_manifest_republishes_same_result_without_separatin
         {"source_uri": "gs://stem-staging/in/another-song.wav"},
         {"format": "flac"},
         {"stems": ("vocals",)},
+        {"stems": ("drums", "bass", "other", "vocals", "guitar", "piano", "no_vocals")},
+        {"sample_format": "pcm24"},
+        {"sample_rate": 48000},
     ],
-    ids=["other-source", "other-format", "other-stems"],
+    ids=[
+        "other-source",
+        "other-format",
+        "other-stems",
+        "a-complement-more",
+        "other-sample-format",
+        "other-sample-rate",
+    ],
 )
 def test_a_manifest_of_another_job_under_the_same_id_is_not_reused(
     rig: Rig, change: dict[str, Any]
@@ -194,6 +207,21 @@ def test_a_manifest_of_another_job_under_the_same_id_is_not_reused(
     processed = rig.processed()
     assert processed.source.uri == make_job(**change).source_uri
     assert {s.format for s in processed.stems} == {make_job(**change).format}
+
+
+def test_a_manifest_written_before_sample_formats_existed_answers_a_pcm16_job(rig: Rig) -> None:
+    """Manifests from before issue 18 have no ``sampleFormat``: their wav stems are pcm16."""
+    rig.handle(make_job())
+    manifest = f"{DEFAULT_PREFIX}/manifest.json"
+    body = json.loads(rig.store.objects[manifest].data)
+    for stem in body["stems"]:
+        assert stem.pop("sampleFormat") == "pcm16"
+    rig.store.put(manifest, json.dumps(body).encode(), "application/json")
+
+    assert rig.handle(make_job(), attempt=2) is Outcome.ACK
+    assert rig.separator.calls == 1  # answered from the old manifest
+    assert rig.handle(make_job(sample_format="pcm24"), attempt=3) is Outcome.ACK
+    assert rig.separator.calls == 2  # not a pcm24 job's result
 
 
 def test_a_shared_output_uri_does_not_hand_one_job_another_jobs_result(rig: Rig) -> None:
@@ -596,3 +624,99 @@ def test_workdir_is_empty_after_failure(
 
     assert rig.events.event_types[-1] == "stems.failed"
     assert rig.workdir_entries() == []
+
+
+# --- cancel (issue 18) -----------------------------------------------------------------------
+
+CANCEL_MARKER = f"gs://{OUTPUT_BUCKET}/_cancel/job-1"
+
+
+def test_remove_stems_deletes_the_jobs_stems_and_peaks_files_only(rig: Rig) -> None:
+    job = make_job(stems=("vocals", "no_vocals"))
+    for name in ("vocals.wav", "vocals.peaks.json", "no_vocals.peaks.json", "drums.wav", "x.txt"):
+        rig.store.put(f"{DEFAULT_PREFIX}/{name}", b"x")
+
+    removed = remove_stems(rig.store, job, DEFAULT_PREFIX, rig.separator.sources)
+
+    assert removed == [
+        f"{DEFAULT_PREFIX}/vocals.wav",
+        f"{DEFAULT_PREFIX}/vocals.peaks.json",
+        f"{DEFAULT_PREFIX}/no_vocals.peaks.json",
+    ]
+    left = sorted(uri for uri in rig.store.objects if uri.startswith(DEFAULT_PREFIX))
+    assert left == [f"{DEFAULT_PREFIX}/drums.wav", f"{DEFAULT_PREFIX}/x.txt"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "sample_format"),
+    [({"format": "mp3"}, None), ({"sample_rate": "source"}, "pcm16")],
+    ids=["mp3", "source-rate"],
+)
+def test_stems_report_their_rate_and_format_and_redelivery_is_answered_from_the_manifest(
+    rig: Rig, fields: dict[str, Any], sample_format: str | None
+) -> None:
+    assert rig.handle(make_job(**fields)) is Outcome.ACK
+    first = rig.processed()
+    assert {(s.sample_rate, s.sample_format) for s in first.stems} == {(44100, sample_format)}
+
+    assert rig.handle(make_job(**fields), attempt=2) is Outcome.ACK
+
+    assert rig.separator.calls == 1
+    assert rig.processed() == first
+
+
+def test_a_job_cancelled_while_its_stems_upload_leaves_none_and_is_acked(
+    make_rig: MakeRig,
+) -> None:
+    """Given a cancel that lands once the first stem is uploaded, when the job runs, then
+    the stems already written are deleted, no manifest is written, stems.failed says
+    ``cancelled`` (final, not retryable) and the message is acked without a dead letter."""
+    rig = make_rig(encode_workers=1)
+    upload = rig.store.upload
+
+    def upload_then_cancel(
+        src: Path, uri: str, *, content_type: str, metadata: Mapping[str, str] | None = None
+    ) -> Any:
+        info = upload(src, uri, content_type=content_type, metadata=metadata)
+        rig.store.put(CANCEL_MARKER, b"{}")
+        return info
+
+    rig.store.upload = upload_then_cancel  # type: ignore[method-assign]
+
+    outcome = rig.handle(make_job(stems=("vocals", "no_vocals")))
+
+    assert outcome is Outcome.ACK
+    failed = rig.failed()
+    assert (failed.error.code, failed.final, failed.error.retryable) == ("cancelled", True, False)
+    assert rig.events.dead_letters == []
+    assert rig.store.calls_of("upload") == [f"{DEFAULT_PREFIX}/vocals.wav"]
+    assert [uri for uri in rig.store.objects if uri.startswith(DEFAULT_PREFIX)] == []
+    assert f"{DEFAULT_PREFIX}/manifest.json" not in rig.store.calls_of("write_bytes")
+
+
+def test_a_finished_job_stays_finished_when_cancelled_afterwards(rig: Rig) -> None:
+    assert rig.handle(make_job()) is Outcome.ACK
+    rig.store.put(CANCEL_MARKER, b"{}")
+
+    assert rig.handle(make_job(), attempt=2) is Outcome.ACK
+
+    assert [e.event_type for e in rig.events.results][-2:] == [
+        "stems.processing",
+        "stems.processed",
+    ]
+    assert rig.separator.calls == 1
+
+
+def test_a_failed_cancel_check_does_not_fail_the_job(make_rig: MakeRig) -> None:
+    rig = make_rig()
+    stat = rig.store.stat
+
+    def flaky_stat(uri: str) -> Any:
+        if uri == CANCEL_MARKER:
+            raise StorageUnavailable("stat: unreachable (test)")
+        return stat(uri)
+
+    rig.store.stat = flaky_stat  # type: ignore[method-assign]
+
+    assert rig.handle(make_job()) is Outcome.ACK
+    assert isinstance(rig.processed(), StemsProcessed)

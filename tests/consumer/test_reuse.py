@@ -35,10 +35,23 @@ def _key(job: Job | None = None, settings: Settings | None = None, sha: str = SO
         {"mp3_bitrate": 192},
         {"stems": ("vocals",)},
         {"model": "htdemucs"},
+        {"stems": ("vocals", "no_vocals")},
+        {"clip_mode": "clamp"},
+        {"sample_rate": "source"},
+        {"sample_rate": 48000},
     ],
 )
 def test_every_output_option_of_the_job_changes_the_key(changed: dict[str, Any]) -> None:
     assert _key(_job(**changed)) != _key()
+
+
+def test_the_sample_format_and_clip_mode_of_a_wav_job_change_the_key() -> None:
+    wav = _key(_job(format="wav"))
+    pcm24 = _key(_job(format="wav", sample_format="pcm24"))
+    float32 = _key(_job(format="wav", sample_format="float32"))
+    unclipped = _key(_job(format="wav", sample_format="float32", clip_mode="none"))
+
+    assert len({wav, pcm24, float32, unclipped}) == 4
 
 
 @pytest.mark.parametrize(
@@ -51,6 +64,7 @@ def test_every_output_option_of_the_job_changes_the_key(changed: dict[str, Any])
         {"model_repo": "/models/other"},
         {"silence_lufs": -40.0},
         {"waveform_points": 500},
+        {"segment_seconds": 3.0},
     ],
 )
 def test_every_worker_setting_that_changes_the_output_changes_the_key(
@@ -64,6 +78,7 @@ def test_output_settings_lists_each_output_setting_once() -> None:
         "STEM_MODEL_REPO",
         "STEM_SEGMENT_OVERLAP",
         "STEM_SHIFTS",
+        "STEM_SEGMENT_SECONDS",
         "STEM_PRECISION",
         "STEM_MP3_QUALITY",
         "STEM_SILENCE_LUFS",

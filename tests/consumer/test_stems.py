@@ -12,7 +12,7 @@ import torch
 from demucs.audio import prevent_clip
 
 from consumer.audio import encode
-from consumer.stems import StemSpool, clip_scale
+from consumer.stems import ClipMode, StemSpool, clip_scale
 
 SOURCES = ("drums", "bass", "other", "vocals", "guitar", "piano")
 
@@ -92,3 +92,49 @@ def test_an_incomplete_track_is_detected(tmp_path: Path) -> None:
     spool.close()
     with pytest.raises(ValueError, match="5 of 9000"):
         spool.check_complete()
+
+
+# --- complements and clip modes (issue 18) -------------------------------------------------
+
+
+@pytest.mark.parametrize("memory_limit", [1 << 30, 0], ids=["in-memory", "spooled-to-disk"])
+def test_a_complement_is_the_sum_of_the_other_sources_scaled_by_its_own_peak(
+    tmp_path: Path, memory_limit: int
+) -> None:
+    """Demucs' ``--two-stems vocals`` (``--other-method add``): ``no_vocals`` = the other
+    five sources added, then kept from clipping as one stem."""
+    blocks = _blocks(9000)
+    spool = StemSpool(
+        tmp_path,
+        SOURCES,
+        ["vocals", "no_vocals"],
+        channels=2,
+        frames=9000,
+        memory_limit_bytes=memory_limit,
+    )
+    for start, block in blocks:
+        spool.write(start, block)
+    spool.close()
+
+    whole = np.concatenate([b for _, b in blocks], axis=-1)
+    others = whole[[i for i, name in enumerate(SOURCES) if name != "vocals"]].sum(axis=0)
+    np.testing.assert_allclose(_joined_as(spool, "no_vocals", "none"), others, atol=1e-6)
+    expected = prevent_clip(torch.from_numpy(others), mode="rescale").numpy()
+    np.testing.assert_allclose(_joined(spool, "no_vocals"), expected, rtol=1e-5, atol=1e-6)
+
+
+def _joined_as(spool: StemSpool, name: str, mode: ClipMode) -> np.ndarray:
+    return np.concatenate(list(spool.source(name, mode).blocks(777)), axis=-1)
+
+
+@pytest.mark.parametrize("mode", ["clamp", "none"])
+def test_clip_modes_clamp_and_none_are_demucs_prevent_clip(tmp_path: Path, mode: ClipMode) -> None:
+    blocks = _blocks(9000)
+    spool = StemSpool(tmp_path, SOURCES, ["vocals"], channels=2, frames=9000)
+    for start, block in blocks:
+        spool.write(start, block)
+    whole = np.concatenate([b[SOURCES.index("vocals")] for _, b in blocks], axis=-1)
+    assert np.abs(whole).max() > 1  # it would clip
+
+    expected = prevent_clip(torch.from_numpy(whole), mode=mode).numpy()
+    np.testing.assert_array_equal(_joined_as(spool, "vocals", mode), expected)

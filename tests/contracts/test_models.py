@@ -227,3 +227,101 @@ def test_processed_event_requires_a_sha256_per_stem() -> None:
     with pytest.raises(ContractError) as caught:
         decode_event(json.dumps(body).encode())
     assert "stems[0].sha256" in caught.value.fields
+
+
+# --- output options (issue 18) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (
+            {"format": "mp3", "sampleFormat": "pcm24"},
+            "sampleFormat: pcm24 is not available for mp3",
+        ),
+        ({"format": "flac", "sampleFormat": "float32"}, "sampleFormat: float32 is not available"),
+        ({"format": "wav", "clipMode": "none"}, "clipMode: none needs sampleFormat float32"),
+        ({"format": "wav", "sampleFormat": "pcm24", "clipMode": "none"}, "clipMode"),
+        ({"format": "wav", "clipMode": "tanh"}, "clipMode"),
+        ({"format": "wav", "sampleFormat": "pcm32"}, "sampleFormat"),
+        ({"format": "mp3", "sampleRate": 22050}, "sampleRate: mp3 stems need"),
+        ({"format": "wav", "sampleRate": 7999}, "sampleRate"),
+        ({"format": "wav", "sampleRate": 192001}, "sampleRate"),
+        ({"format": "wav", "sampleRate": "original"}, "sampleRate"),
+        ({"stems": ["vocals", "no_kazoo"]}, "no_kazoo not in model htdemucs_6s"),
+        ({"stems": ["no_no_vocals"]}, "no_no_vocals not in model"),
+    ],
+)
+def test_invalid_output_options_are_rejected_with_the_reason(
+    change: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ContractError) as caught:
+        decode_job(json.dumps({**VALID_JOB, **change}).encode())
+    assert named in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"stems": ["vocals", "no_vocals"]},
+        {"stems": ["no_drums", "bass", "no_piano"]},
+        {"format": "wav", "sampleFormat": "float32", "clipMode": "none", "sampleRate": "source"},
+        {"format": "flac", "sampleFormat": "pcm24", "clipMode": "clamp", "sampleRate": 96000},
+        {"format": "mp3", "sampleRate": 48000},
+        {"format": "mp3", "sampleRate": 44100},
+        {"format": "mp3", "sampleRate": 32000},
+        {"format": "wav", "sampleFormat": "pcm24"},
+        {"format": "wav", "sampleRate": 8000},
+        {"format": "flac", "sampleRate": 192000},
+        {"format": "mp3", "sampleRate": "source"},  # checked against the source by the worker
+    ],
+)
+def test_valid_output_options_are_accepted(change: dict[str, object]) -> None:
+    job = decode_job(json.dumps({**VALID_JOB, **change}).encode())
+    for key, value in change.items():
+        got = job.model_dump(by_alias=True)[key]
+        assert (list(got) if isinstance(got, tuple) else got) == value
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"format": "mp3", "sampleFormat": "pcm24"},
+            "sampleFormat: pcm24 is not available for mp3 (only wav, flac)",
+        ),
+        (
+            {"format": "flac", "sampleFormat": "float32"},
+            "sampleFormat: float32 is not available for flac (only wav)",
+        ),
+        (
+            {"format": "wav", "clipMode": "none"},
+            "clipMode: none needs sampleFormat float32 (pcm16 cannot hold samples beyond full "
+            "scale)",
+        ),
+        (
+            {"format": "mp3", "sampleRate": 22050},
+            "sampleRate: mp3 stems need 32000, 44100 or 48000 Hz, not 22050",
+        ),
+    ],
+)
+def test_each_impossible_combination_gets_its_whole_reason(
+    change: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ContractError) as caught:
+        decode_job(json.dumps({**VALID_JOB, **change}).encode())
+    assert str(caught.value) == f"body: Value error, {message}"
+
+
+def test_an_unknown_complement_is_named_beside_the_models_sources() -> None:
+    with pytest.raises(ContractError) as caught:
+        decode_job(json.dumps({**VALID_JOB, "stems": ["no_kazoo"]}).encode())
+    assert (
+        "stems: no_kazoo not in model htdemucs_6s (has drums, bass, other, vocals, guitar, "
+        "piano, and no_<source> for each)"
+    ) in str(caught.value)
+
+
+def test_output_options_default_to_the_fleets_behaviour_before_them() -> None:
+    job = decode_job(json.dumps(VALID_JOB).encode())
+    assert (job.sample_format, job.clip_mode, job.sample_rate) == ("pcm16", "rescale", None)

@@ -125,6 +125,43 @@ def test_submit_file_validates_the_job_before_uploading(
     assert list(gcs.list_blobs(provisioned.staging_bucket)) == []
 
 
+def test_submit_file_refuses_impossible_output_options_before_uploading(
+    jobs: JobPublisher, tmp_path: Path, gcs: Any, provisioned: Any
+) -> None:
+    path = tmp_path / "a.wav"
+    path.write_bytes(b"RIFF")
+    with pytest.raises(ValueError, match="sampleFormat: float32 is not available for flac"):
+        jobs.submit_file(path, track_id="trk-1", format="flac", sample_format="float32")
+    assert list(gcs.list_blobs(provisioned.staging_bucket)) == []
+
+
+def test_cancel_writes_the_jobs_marker_in_the_output_bucket(
+    provisioned: Any, pubsub_clients: Any, gcs: Any
+) -> None:
+    publisher, _ = pubsub_clients
+    jobs = JobPublisher(
+        provisioned.project,
+        output_bucket=provisioned.output_bucket,
+        publisher=publisher,
+        storage_client=gcs,
+    )
+
+    uri = jobs.cancel("job-7", reason="wrong take")
+    jobs.cancel("job-7")  # again: harmless
+
+    assert uri == f"gs://{provisioned.output_bucket}/_cancel/job-7"
+    [blob] = gcs.list_blobs(provisioned.output_bucket)
+    assert blob.name == "_cancel/job-7"
+    assert json.loads(blob.download_as_bytes())["jobId"] == "job-7"
+    with pytest.raises(ValueError, match="not a job id"):
+        jobs.cancel("../job-7")
+
+
+def test_cancel_needs_an_output_bucket(jobs: JobPublisher) -> None:
+    with pytest.raises(ValueError, match="no output bucket"):
+        jobs.cancel("job-7")
+
+
 def test_result_subscriber_dispatches_by_type_and_survives_a_malformed_event(
     provisioned: Any, pubsub_clients: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

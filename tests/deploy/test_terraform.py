@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from infra.provision import DLQ_RETENTION_S, desired_subscriptions
+from infra.provision import DLQ_RETENTION_S, desired_lifecycle, desired_subscriptions
 from tests.deploy.support import Terraform, default_settings
 from tests.support.settings_env import settings_env_names
 
@@ -343,3 +343,39 @@ def test_staged_sources_outlive_dead_letters(tf: Terraform) -> None:
     assert tf.variable("staging_retention_days") * 86400 > DLQ_RETENTION_S
     (validation,) = tf.variables["staging_retention_days"]["validation"]
     assert f"> {DLQ_RETENTION_S // 86400}" in validation["condition"]
+
+
+def _static_rules(tf: Terraform, body: dict[str, Any]) -> set[str]:
+    """A bucket's static lifecycle rules (the dynamic output-retention rule aside) as
+    ``action age [prefixes]`` strings, defaults resolved."""
+    found = set()
+    for rule in body.get("lifecycle_rule", []):
+        condition = _block(rule, "condition")
+        prefixes = condition.get("matches_prefix", [])
+        found.add(f"{_block(rule, 'action')['type']} {tf.resolve(condition['age'])} {prefixes}")
+    return found
+
+
+def test_bucket_lifecycle_is_what_infra_apply_sets(tf: Terraform) -> None:
+    """Issue 18: the same retention in Terraform as `stemctl infra apply` sets: staged
+    sources after STEM_STAGING_RETENTION_DAYS, cancel markers after a day, stems kept
+    unless STEM_OUTPUT_RETENTION_DAYS is set."""
+    settings = default_settings()
+    wanted = desired_lifecycle(settings)
+    buckets = tf.resources_of("google_storage_bucket")
+    assert tf.variable("staging_retention_days") == settings.staging_retention_days
+    assert tf.variable("output_retention_days") == 0
+    assert settings.output_retention_days is None
+    for name, bucket in (
+        (settings.staging_bucket, buckets["staging"]),
+        (settings.output_bucket, buckets["output"]),
+    ):
+        expected = {
+            f"{r['action']['type']} {r['condition']['age']} "
+            f"{r['condition'].get('matchesPrefix', [])}"
+            for r in wanted[name]
+        }
+        assert _static_rules(tf, bucket) == expected, name
+    assert "Delete 1 ['_cancel/']" in _static_rules(tf, buckets["output"])
+    (dynamic,) = buckets["output"]["dynamic"]
+    assert "output_retention_days" in str(dynamic)

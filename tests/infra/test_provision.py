@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from consumer import gcp
 from consumer.settings import Settings
-from infra.provision import apply
+from infra.provision import apply, desired_lifecycle
 from tests.support.helpers import pull
 
 pytestmark = pytest.mark.integration
@@ -143,3 +144,68 @@ def test_message_nacked_on_every_delivery_reaches_the_dlq_with_dead_letter_attri
     assert attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"
     assert "CloudPubSubDeadLetterSourceTopicPublishTime" in attributes
     assert message_id  # the original id is confirmed; the DLQ copy gets its own
+
+
+# --- bucket lifecycle (issue 18) -------------------------------------------------------------
+
+
+def _rules(rules: Any) -> set[str]:
+    return {json.dumps(dict(rule), sort_keys=True) for rule in rules}
+
+
+def test_lifecycle_rules_follow_the_retention_settings(settings: Settings) -> None:
+    default = desired_lifecycle(settings)
+    assert _rules(default[settings.staging_bucket]) == _rules(
+        [
+            {"action": {"type": "Delete"}, "condition": {"age": 8}},
+            {"action": {"type": "AbortIncompleteMultipartUpload"}, "condition": {"age": 1}},
+        ]
+    )
+    cancel_markers = {
+        "action": {"type": "Delete"},
+        "condition": {"age": 1, "matchesPrefix": ["_cancel/"]},
+    }
+    assert _rules(default[settings.output_bucket]) == _rules(
+        [
+            {"action": {"type": "AbortIncompleteMultipartUpload"}, "condition": {"age": 1}},
+            cancel_markers,
+        ]
+    )  # stems are kept
+    expiring = desired_lifecycle(
+        settings.model_copy(update={"staging_retention_days": 30, "output_retention_days": 90})
+    )
+    assert {"action": {"type": "Delete"}, "condition": {"age": 30}} in expiring[
+        settings.staging_bucket
+    ]
+    assert {"action": {"type": "Delete"}, "condition": {"age": 90}} in expiring[
+        settings.output_bucket
+    ]
+
+
+def test_apply_sets_lifecycle_rules_where_the_storage_server_keeps_them(
+    settings: Settings, gcs: Any
+) -> None:
+    """fake-gcs-server (1.x) answers a bucket patch but stores no lifecycle configuration:
+    apply then says so instead of reporting a change on every run. A server that keeps
+    the rules must hold exactly the desired ones."""
+    _apply(settings)
+    changes = {
+        c.name: c
+        for c in apply(
+            settings,
+            publisher=gcp.publisher_client(settings),
+            subscriber=gcp.subscriber_client(settings),
+            storage_client=gcp.storage_client(settings),
+        )
+        if c.kind == "bucket"
+    }
+
+    for name, wanted in desired_lifecycle(settings).items():
+        kept = _rules(gcs.get_bucket(name).lifecycle_rules)
+        assert changes[name].action == "ok"
+        if kept:
+            assert kept == _rules(wanted)
+            assert changes[name].detail.startswith("lifecycle: ")
+        else:
+            assert changes[name].detail.startswith("this storage server keeps no lifecycle rules")
+        assert "Delete _cancel/* after 1d" in changes[settings.output_bucket].detail

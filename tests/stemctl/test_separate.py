@@ -51,7 +51,14 @@ def _written(folder: Path) -> list[str]:
 
 
 def _expected(fmt: str) -> list[str]:
-    return sorted([*(f"{stem}.{fmt}" for stem in HTDEMUCS_6S_STEMS), "manifest.json"])
+    """Each stem, its waveform (peaks.json) and the manifest."""
+    return sorted(
+        [
+            *(f"{stem}.{fmt}" for stem in HTDEMUCS_6S_STEMS),
+            *(f"{stem}.peaks.json" for stem in HTDEMUCS_6S_STEMS),
+            "manifest.json",
+        ]
+    )
 
 
 @pytest.mark.integration
@@ -187,7 +194,13 @@ def test_only_the_requested_stems_are_written(
 
     assert result.exit_code == 0, result.output
     folder = out / track_ids([source])[0]
-    assert _written(folder) == ["bass.wav", "manifest.json", "vocals.wav"]
+    assert _written(folder) == [
+        "bass.peaks.json",
+        "bass.wav",
+        "manifest.json",
+        "vocals.peaks.json",
+        "vocals.wav",
+    ]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")

@@ -142,6 +142,10 @@ class InMemoryBlobStore:
         stored = self.objects.get(uri)
         return None if stored is None else stored.data
 
+    def delete(self, uri: str) -> bool:
+        self._enter("delete", uri)
+        return self.objects.pop(uri, None) is not None
+
     def write_bytes(self, uri: str, data: bytes, *, content_type: str) -> None:
         self._enter("write_bytes", uri)
         self.objects[uri] = StoredObject(data, content_type)
