@@ -236,7 +236,7 @@ def test_gcs_copy_is_server_side_keeps_the_metadata_and_refuses_a_missing_source
     store = GcsBlobStore(gcs)
     src = tmp_path / "vocals.mp3"
     src.write_bytes(b"\xff\xfb" + bytes(range(256)) * 64)
-    bucket = worker_settings.output_bucket
+    bucket = provisioned.output_bucket
     store.upload(
         src, f"gs://{bucket}/a/vocals.mp3", content_type="audio/mpeg", metadata={"sha256": "x"}
     )

@@ -201,7 +201,7 @@ def test_the_upload_notification_is_created_once_and_a_drifted_one_replaced(
             dry_run=dry_run,
             publisher=publisher,
             subscriber=subscriber,
-            notification_client=client,  # type: ignore[arg-type]
+            notification_client=client,
         )
         return [c.action for c in changes if c.kind == "notification"]
 
