@@ -11,10 +11,19 @@ from typing import Any
 
 import pytest
 
+from consumer.delivery import Delivery, Outcome
 from consumer.errors import InvalidMessage
-from consumer.intake import Skipped, job_for_notification, track_id_for, upload_job_id
+from consumer.intake import (
+    Skipped,
+    UploadIntake,
+    job_for_notification,
+    track_id_for,
+    upload_job_id,
+)
 from consumer.settings import Settings
+from consumer.telemetry import IntakeMetrics
 from stem_contracts import ID_PATTERN, Job
+from tests.support.fakes import RecordingEventPublisher
 
 SETTINGS = Settings(staging_bucket="stage")
 
@@ -160,3 +169,70 @@ def test_the_intake_runs_without_torch_or_demucs() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+class _Jobs:
+    """Stands in for JobPublisher in these unit tests: records, or fails to confirm."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.published: list[Job] = []
+        self._fail = fail
+
+    def publish(self, job: Job) -> str:
+        if self._fail:
+            raise TimeoutError("no confirmation (test)")
+        self.published.append(job)
+        return "m-1"
+
+
+def _intake(jobs: _Jobs, events: RecordingEventPublisher) -> tuple[UploadIntake, IntakeMetrics]:
+    metrics = IntakeMetrics()
+    intake = UploadIntake(SETTINGS, jobs=jobs, events=events, metrics=metrics)  # type: ignore[arg-type]
+    return intake, metrics
+
+
+def _delivery(*args: Any, message_id: str = "n-1", attempt: int = 1, **kwargs: Any) -> Delivery:
+    attributes, data = _notification(*args, **kwargs)
+    return Delivery(data, attributes, message_id=message_id, delivery_attempt=attempt)
+
+
+def _count(metrics: IntakeMetrics, outcome: str) -> float:
+    return metrics.registry.get_sample_value("stem_intake_total", {"outcome": outcome}) or 0.0
+
+
+def test_a_job_whose_publish_is_not_confirmed_is_nacked_so_the_notification_returns() -> None:
+    intake, metrics = _intake(_Jobs(fail=True), RecordingEventPublisher())
+
+    outcome = intake.handle(_delivery())
+
+    assert outcome is Outcome.NACK
+    assert _count(metrics, "retried") == 1
+    assert _count(metrics, "job") == 0
+
+
+def test_a_dead_letter_that_is_not_confirmed_is_nacked_and_a_confirmed_one_acked() -> None:
+    events = RecordingEventPublisher()
+    events.fail_next("dead_letter")
+    intake, metrics = _intake(_Jobs(), events)
+    bad = _delivery(format="ogg", attempt=2)
+
+    assert intake.handle(bad) is Outcome.NACK
+    assert intake.handle(bad) is Outcome.ACK
+
+    [letter] = events.dead_letters
+    assert letter.attributes["errorCode"] == "invalid_message"
+    assert letter.attributes["deliveryAttempt"] == "2"
+    assert letter.attributes["objectId"] == "incoming/song.wav"  # the notification's own
+    assert json.loads(letter.data)["metadata"] == {"format": "ogg"}
+    assert (_count(metrics, "retried"), _count(metrics, "dead_lettered")) == (1, 1)
+
+
+def test_a_published_job_acks_and_an_ignored_object_acks_without_a_job() -> None:
+    jobs = _Jobs()
+    intake, metrics = _intake(jobs, RecordingEventPublisher())
+
+    assert intake.handle(_delivery()) is Outcome.ACK
+    assert intake.handle(_delivery("incoming/a.txt")) is Outcome.ACK
+
+    assert [job.source_uri for job in jobs.published] == ["gs://stage/incoming/song.wav"]
+    assert (_count(metrics, "job"), _count(metrics, "ignored")) == (1, 1)

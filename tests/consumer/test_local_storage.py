@@ -64,6 +64,27 @@ def test_a_missing_object_is_source_missing_naming_the_file(
         store.download("gs://local/folder.wav", tmp_path / "x", max_bytes=100)
 
 
+def test_a_copy_is_the_same_bytes_under_the_new_name_and_a_missing_source_is_source_missing(
+    store: LocalBlobStore, tmp_path: Path
+) -> None:
+    src = tmp_path / "drums.wav"
+    src.write_bytes(b"RIFF" + bytes(range(256)) * 8)
+    store.upload(src, "gs://local/a/drums.wav", content_type="audio/wav")
+
+    info = store.copy("gs://local/a/drums.wav", "gs://local/b/drums.wav")
+
+    assert (store.root / "b" / "drums.wav").read_bytes() == src.read_bytes()
+    assert (info.uri, info.size_bytes, info.crc32c) == (
+        "gs://local/b/drums.wav",
+        src.stat().st_size,
+        crc32c_b64(src),
+    )
+    with pytest.raises(SourceMissing):
+        store.copy("gs://local/a/gone.wav", "gs://local/b/gone.wav")
+    assert not (store.root / "b" / "gone.wav").exists()
+    assert _leftovers(store.root) == []
+
+
 def test_another_bucket_does_not_exist_here(store: LocalBlobStore, tmp_path: Path) -> None:
     assert store.stat("gs://elsewhere/a.wav") is None
     with pytest.raises(SourceMissing, match=re.escape("gs://elsewhere/a.wav")):

@@ -234,3 +234,27 @@ def test_the_same_bytes_uploaded_under_two_names_make_the_second_job_a_copy(
         f"\nsecond {two.job_id}: processingTimeMs={two.processing_time_ms} "
         f"reusedFrom={two.reused_from}"
     )
+
+
+def test_gcs_copy_is_server_side_keeps_the_metadata_and_refuses_a_missing_source(
+    provisioned: Settings, gcs: Any, tmp_path: Path
+) -> None:
+    from consumer.errors import SourceMissing
+    from consumer.storage import GcsBlobStore
+
+    store = GcsBlobStore(gcs)
+    src = tmp_path / "vocals.mp3"
+    src.write_bytes(b"\xff\xfb" + bytes(range(256)) * 64)
+    bucket = provisioned.output_bucket
+    store.upload(
+        src, f"gs://{bucket}/a/vocals.mp3", content_type="audio/mpeg", metadata={"sha256": "x"}
+    )
+
+    info = store.copy(f"gs://{bucket}/a/vocals.mp3", f"gs://{bucket}/b/vocals.mp3")
+
+    assert _object(gcs, f"gs://{bucket}/b/vocals.mp3") == src.read_bytes()
+    assert info.metadata == {"sha256": "x"}
+    assert info.content_type == "audio/mpeg"
+    assert info.size_bytes == src.stat().st_size
+    with pytest.raises(SourceMissing):
+        store.copy(f"gs://{bucket}/a/gone.mp3", f"gs://{bucket}/b/gone.mp3")

@@ -88,6 +88,11 @@ def test_the_intake_is_one_small_always_on_cpu_replica_of_the_same_image() -> No
     assert ksa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == (
         f"{account_id}@PROJECT_ID.iam.gserviceaccount.com"
     )
+    monitoring = _one("PodMonitoring", INTAKE)
+    assert (
+        monitoring["spec"]["selector"]["matchLabels"] == intake["spec"]["selector"]["matchLabels"]
+    )
+    assert monitoring["spec"]["endpoints"][0]["port"] == container["ports"][0]["name"]
     env = {e["name"]: e["value"] for e in container["env"]}
     settings_from({**_worker_env(), **env})  # valid settings, names the settings object reads
     assert set(env) <= settings_env_names()

@@ -209,3 +209,82 @@ def test_apply_sets_lifecycle_rules_where_the_storage_server_keeps_them(
         else:
             assert changes[name].detail.startswith("this storage server keeps no lifecycle rules")
         assert "Delete _cancel/* after 1d" in changes[settings.output_bucket].detail
+
+
+class _Notification:
+    """What ``apply`` reads of a GCS notification config (a stand-in for the real GCS
+    API, which fake-gcs-server does not have: this checks apply's decisions only)."""
+
+    def __init__(self, bucket: _Bucket, **fields: Any) -> None:
+        self._bucket = bucket
+        self.topic_name = fields["topic_name"]
+        self.topic_project = fields["topic_project"]
+        self.event_types = fields.get("event_types")
+        self.blob_name_prefix = fields.get("blob_name_prefix")
+        self.payload_format = fields.get("payload_format")
+
+    def create(self) -> None:
+        self._bucket.configs.append(self)
+
+    def delete(self) -> None:
+        self._bucket.configs.remove(self)
+
+
+class _Bucket:
+    def __init__(self) -> None:
+        self.configs: list[_Notification] = []
+
+    def list_notifications(self) -> list[_Notification]:
+        return list(self.configs)
+
+    def notification(self, **fields: Any) -> _Notification:
+        return _Notification(self, **fields)
+
+
+class _Storage:
+    def __init__(self) -> None:
+        self.staging = _Bucket()
+
+    def bucket(self, name: str) -> _Bucket:
+        assert name == "stem-staging"
+        return self.staging
+
+
+def test_the_upload_notification_is_created_once_and_a_drifted_one_replaced(
+    settings: Settings, pubsub_clients: Any
+) -> None:
+    from infra.provision import apply
+
+    settings = settings.model_copy(update={"staging_bucket": "stem-staging"})
+    publisher, subscriber = pubsub_clients
+    client = _Storage()
+    other = client.staging.notification(topic_name="someone-else", topic_project="p")
+    other.create()
+
+    def run(dry_run: bool = False) -> list[str]:
+        changes = apply(
+            settings,
+            dry_run=dry_run,
+            publisher=publisher,
+            subscriber=subscriber,
+            notification_client=client,
+        )
+        return [c.action for c in changes if c.kind == "notification"]
+
+    assert run(dry_run=True) == ["create"]
+    assert client.staging.configs == [other]
+    assert run() == ["create"]
+    assert run() == ["ok"]
+    ours = client.staging.configs[1]
+    assert (ours.topic_project, ours.topic_name) == (settings.project, "stem-uploads")
+    assert (ours.event_types, ours.blob_name_prefix, ours.payload_format) == (
+        ["OBJECT_FINALIZE"],
+        "incoming/",
+        "JSON_API_V1",
+    )
+    # A config to our topic with another prefix is replaced; the other topic's is kept.
+    ours.blob_name_prefix = "elsewhere/"
+    assert run() == ["update"]
+    assert run() == ["ok"]
+    assert [c.topic_name for c in client.staging.configs] == ["someone-else", "stem-uploads"]
+    assert client.staging.configs[1].blob_name_prefix == "incoming/"

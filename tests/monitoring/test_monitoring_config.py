@@ -198,8 +198,11 @@ def test_compose_grafana_provisions_the_dashboard_on_the_compose_prometheus() ->
 
 
 def test_gke_pod_monitoring_gives_the_workers_the_job_the_rules_select() -> None:
-    (pod_monitoring,) = load_yaml_documents(K8S_DIR / "base" / "podmonitoring.yaml")
-    assert pod_monitoring["metadata"]["name"] == WORKER_JOB
+    monitors = load_yaml_documents(K8S_DIR / "base" / "podmonitoring.yaml")
+    (worker,) = (m for m in monitors if m["metadata"]["name"] == WORKER_JOB)
+    assert worker["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": WORKER_JOB}
+    # The only other one scrapes the intake's pods, as another job.
+    assert {m["metadata"]["name"] for m in monitors} == {WORKER_JOB, "stem-intake"}
 
 
 def test_the_monitoring_folder_holds_only_what_is_checked() -> None:
