@@ -12,7 +12,8 @@ resource, its custom ``metadata`` included). The intake is a small CPU consumer 
   overwritten object — a new generation — a new one); ``trackId`` from the custom metadata
   ``trackId`` when it is a valid id, else from the file name (:func:`track_id_for`);
   ``format``, ``stems`` (comma list), ``mp3Bitrate``, ``model`` (default: the fleet's,
-  ``STEM_MODEL``), ``correlationId`` and ``reuse`` from custom metadata keys of those names;
+  ``STEM_MODEL``), ``correlationId``, ``reuse`` and the output options ``sampleFormat``,
+  ``clipMode``, ``sampleRate`` from custom metadata keys of those names;
 - any other notification (another object type, another event, outside the prefix) is
   acked and counted;
 - a notification whose metadata makes no valid job (``format: ogg``…) is published to
@@ -69,7 +70,18 @@ _tracer = trace.get_tracer("consumer.intake")
 
 AUDIO_SUFFIXES: Final = frozenset({".wav", ".mp3", ".flac"})
 """Objects that become jobs (by the name's suffix, case-insensitive)."""
-JOB_METADATA_KEYS: Final = ("format", "stems", "mp3Bitrate", "model", "correlationId", "reuse")
+JOB_METADATA_KEYS: Final = (
+    "format",
+    "stems",
+    "mp3Bitrate",
+    "model",
+    "correlationId",
+    "reuse",
+    # the output options (DESIGN.md "Output options, cancel, retention")
+    "sampleFormat",
+    "clipMode",
+    "sampleRate",
+)
 """Custom-metadata keys copied into the job (``trackId`` is handled on its own)."""
 _ID: Final = re.compile(ID_PATTERN)
 _NOT_ID_CHARS: Final = re.compile(r"[^A-Za-z0-9._-]+")
@@ -105,7 +117,7 @@ def _metadata_value(key: str, value: str) -> object:
     text = value.strip()
     if key == "stems":
         return [part.strip() for part in text.split(",") if part.strip()]
-    if key == "mp3Bitrate" and text.isdigit():
+    if key in ("mp3Bitrate", "sampleRate") and text.isdigit():
         return int(text)
     if key == "reuse" and text.lower() in ("true", "false"):
         return text.lower() == "true"

@@ -79,6 +79,12 @@ def test_metadata_keys_become_the_job_fields() -> None:
     assert job.submitted_at is not None
 
 
+def test_the_output_options_come_from_the_metadata_too() -> None:
+    job = _job(format="wav", sampleFormat="float32", clipMode="none", sampleRate="48000")
+    assert (job.sample_format, job.clip_mode, job.sample_rate) == ("float32", "none", 48000)
+    assert _job(sampleRate="source").sample_rate == "source"
+
+
 def test_without_metadata_the_job_has_the_contract_defaults() -> None:
     job = _job("incoming/a/Song.MP3")
     assert (job.format, job.stems, job.mp3_bitrate, job.reuse) == ("mp3", None, 320, True)
