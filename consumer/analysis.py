@@ -25,8 +25,6 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-import scipy.signal
-from pyloudnorm.iirfilter import IIRfilter
 
 from consumer.audio import BlockSource
 
@@ -49,6 +47,10 @@ _OFFSET_DB: Final = -0.691
 def _k_weighting(rate: int) -> npt.NDArray[np.float64]:
     """The two stages of BS.1770's K-weighting, as pyloudnorm's ``Meter`` builds them, as
     second-order sections (``[b0 b1 b2 a0 a1 a2]`` rows, each stage's gain in its ``b``)."""
+    # Imported on first use: scipy.signal costs a worker 1-2 s of start-up (the chaos
+    # run's kills measure start-up), and the first stem pays it once instead.
+    from pyloudnorm.iirfilter import IIRfilter
+
     stages = [
         IIRfilter(4.0, 1 / np.sqrt(2), 1500.0, rate, "high_shelf"),
         IIRfilter(0.0, 0.5, 38.0, rate, "high_pass"),
@@ -73,6 +75,8 @@ class LoudnessMeter:
         self._partial_frames = 0
 
     def add(self, block: npt.NDArray[np.float32]) -> None:
+        import scipy.signal  # see _k_weighting
+
         # float64 (the sections and state are): sosfilt filters a float64 copy of the block
         weighted, self._state = scipy.signal.sosfilt(self._sos, block, axis=-1, zi=self._state)
         squares = np.square(weighted, out=weighted)
