@@ -103,11 +103,18 @@ class Submission:
 
     @property
     def wanted_objects(self) -> frozenset[str]:
-        """The object names a good job may write under its prefix."""
+        """The object names a good job may write under its prefix: its stems, their
+        waveforms, the manifest."""
         if self.job is None:
             return frozenset()
         stems = self.job.stems or HTDEMUCS_6S_STEMS
-        return frozenset({"manifest.json", *(f"{s}.{self.job.format}" for s in stems)})
+        return frozenset(
+            {
+                "manifest.json",
+                *(f"{s}.{self.job.format}" for s in stems),
+                *(f"{s}.peaks.json" for s in stems),
+            }
+        )
 
 
 Build = Callable[[Context, str, int], tuple[bytes, dict[str, str], Job | None]]

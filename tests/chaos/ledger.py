@@ -13,11 +13,13 @@ proxy saw, every object left in the buckets, and every line the workers logged.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from consumer.reuse import REUSE_PREFIX, Pointer
 from stem_contracts import ResultEvent, StemsFailed, StemsProcessed, split_gcs_uri
 from tests.chaos.catalogue import Submission
 from tests.support.faults import Request
@@ -118,6 +120,12 @@ class Ledger:
             len({e.model_dump_json() for e in events}) > 1 for events in self.processed.values()
         )
 
+    def reused(self) -> int:
+        """Good jobs answered by copies of an earlier job's stems (``reusedFrom`` set)."""
+        return sum(
+            any(e.reused_from is not None for e in events) for events in self.processed.values()
+        )
+
 
 def check_stems(ledger: Ledger, gcs: Any) -> list[str]:
     """Every ``stems.processed`` of a good job: objects under its prefix, present, and equal
@@ -182,17 +190,23 @@ def check_buckets(
     output_bucket: str,
     untouched: Mapping[str, set[str]],
 ) -> list[str]:
-    """The output bucket holds only good jobs' stems and manifests, each under its own
-    prefix; each ``untouched`` bucket holds exactly the objects it started with."""
+    """The output bucket holds only good jobs' stems, waveforms and manifests, each under its
+    own prefix, and reuse pointers to the manifest of a good job; each ``untouched`` bucket
+    holds exactly the objects it started with."""
     problems = []
     allowed: dict[str, frozenset[str]] = {}
     for submission in submissions:
         if submission.good and submission.output_prefix is not None:
             _, name = split_gcs_uri(submission.output_prefix)
             allowed[name.rstrip("/")] = submission.wanted_objects
+    manifests = {f"gs://{output_bucket}/{folder}/manifest.json" for folder in allowed}
     for blob in gcs.list_blobs(output_bucket):
         folder, _, base = blob.name.rpartition("/")
-        if base not in allowed.get(folder, frozenset()):
+        if folder == REUSE_PREFIX and re.fullmatch(r"[0-9a-f]{64}\.json", base):
+            pointer = Pointer.model_validate_json(blob.download_as_bytes())
+            if pointer.manifest_uri not in manifests:
+                problems.append(f"reuse pointer {blob.name} to {pointer.manifest_uri}")
+        elif base not in allowed.get(folder, frozenset()):
             problems.append(f"stray object gs://{output_bucket}/{blob.name}")
     for bucket, names in untouched.items():
         found = {blob.name for blob in gcs.list_blobs(bucket)}

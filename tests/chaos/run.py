@@ -45,7 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from consumer import gcp
+from consumer.intake import build_intake, upload_job_id
 from consumer.settings import Settings
+from stem_contracts import Job, split_gcs_uri
 from tests.chaos.catalogue import (
     LIMITS,
     MODEL,
@@ -88,6 +90,10 @@ class ChaosConfig:
     """Submissions unfinished at any time (0: all at once, the backlog a burst leaves)."""
     ready_timeout_s: float = 120.0
     """For a worker to load its model; generous, as start-ups overlap on a busy box."""
+    uploads: int = 0
+    """Good jobs that arrive as uploads: objects written under ``STEM_UPLOADS_PREFIX``,
+    turned into jobs by an intake from fake-gcs-server's notifications (``base`` must be
+    the project and staging bucket fake-gcs-server notifies)."""
 
 
 @dataclass
@@ -105,6 +111,9 @@ class ChaosReport:
     processed_duplicates: int = 0
     jobs_with_duplicates: int = 0
     recomputed_jobs: int = 0
+    uploads: int = 0
+    reused_jobs: int = 0
+    """Good jobs answered by server-side copies of an earlier job's stems (same reuse key)."""
     dead_letter_duplicates: int = 0
     unknown_dead_letters: int = 0
     retried: dict[str, int] = field(default_factory=dict)
@@ -159,6 +168,11 @@ class ChaosReport:
                 + f", on {c.workers} workers",
             ),
             (
+                "Chaos: uploads",
+                f"{self.uploads} of the good jobs arrived as uploads (GCS notification → "
+                "stemctl intake → job)",
+            ),
+            (
                 "Chaos: storage faults injected",
                 f"{faults} of {self.storage_requests} requests ({pct:.1f} %): {by_kind}",
             ),
@@ -183,6 +197,11 @@ class ChaosReport:
                 f"{self.processed_duplicates} extra stems.processed on "
                 f"{self.jobs_with_duplicates} jobs ({self.recomputed_jobs} recomputed); "
                 f"{self.dead_letter_duplicates} extra dead letters",
+            ),
+            (
+                "Chaos: reuse",
+                f"{self.reused_jobs} of {self.good} good jobs answered by copies of an earlier "
+                "job's stems (no separation), checked like the rest",
             ),
             ("Chaos: attempts failed and retried", retried),
             (
@@ -299,6 +318,10 @@ def run_chaos(
     submissions = make_submissions(
         ctx, config.jobs, poison_fraction=config.poison_fraction, seed=config.seed
     )
+    published = list(submissions)
+    uploaded = _upload(gcs, settings, ctx, workdir / "uploads", config.uploads)
+    submissions += uploaded
+    report.uploads = len(uploaded)
     report.good, report.poison = counts(submissions)
     untouched = {
         bucket: {blob.name for blob in gcs.list_blobs(bucket)}
@@ -322,11 +345,14 @@ def run_chaos(
             extra_env={**THREAD_ENV, "OTEL_EXPORTER_OTLP_HEADERS": f"authorization={ctx.canary}"},
         )
         monkey = _Monkey(fleet, config)
+        intake = build_intake(settings) if uploaded else None
+        intake_thread = threading.Thread(target=intake.run if intake else lambda: None)
         try:
             fleet.wait_ready(config.ready_timeout_s)
             log(f"chaos: {len(submissions)} jobs, {config.workers} workers ready")
             started = time.monotonic()
-            submitter = _Submitter(settings, submissions, config.window or len(submissions))
+            intake_thread.start()  # the uploads' notifications wait in stem-uploads till now
+            submitter = _Submitter(settings, published, config.window or len(published))
             monkey.start()
             try:
                 ledger = _drain(
@@ -344,6 +370,10 @@ def run_chaos(
         finally:
             monkey.stopped.set()
             fleet.kill_all()
+            if intake is not None:
+                intake.request_stop("chaos run over")
+            if intake_thread.is_alive():
+                intake_thread.join(30)
         requests = proxy.requests_seen()
         report.faults = proxy.fault_counts()
         report.abandoned_by_kills = relay.abandoned
@@ -356,6 +386,7 @@ def run_chaos(
     report.processed_duplicates, report.jobs_with_duplicates = ledger.duplicate_processed()
     report.dead_letter_duplicates, _ = ledger.duplicate_dead_letters()
     report.recomputed_jobs = ledger.distinct_processed_bodies()
+    report.reused_jobs = ledger.reused()
     report.unknown_dead_letters = ledger.unknown_dead_letters
     report.retried = dict(ledger.retried())
     report.max_attempt = ledger.max_attempt
@@ -406,6 +437,47 @@ def _trails(
             *said[-20:],
         ]
     return trails
+
+
+def _upload(
+    gcs: Any, settings: Settings, ctx: Context, workdir: Path, count: int
+) -> list[Submission]:
+    """Write ``count`` uploads (the catalogue's wav and mp3 clips, with job options in their
+    custom metadata) under the uploads prefix; each is a good job the intake must make."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    bucket = gcs.bucket(settings.staging_bucket)
+    kinds = [
+        ("upload_wav_to_mp3", "wav", {"format": "mp3"}),
+        ("upload_mp3_two_stems_to_flac", "mp3", {"format": "flac", "stems": "vocals,drums"}),
+    ]
+    uploads = []
+    for index in range(count):
+        kind, source, options = kinds[index % len(kinds)]
+        _, source_name = split_gcs_uri(ctx.sources[source])
+        data = bucket.blob(source_name).download_as_bytes()
+        blob = bucket.blob(f"{settings.uploads_prefix}chaos/upload-{index:04d}.{source}")
+        blob.metadata = {"trackId": f"track-upload-{index:04d}", **options}
+        blob.upload_from_string(data)
+        job = Job(
+            job_id=upload_job_id(bucket.name, blob.name, str(blob.generation)),
+            track_id=blob.metadata["trackId"],
+            source_uri=f"gs://{bucket.name}/{blob.name}",
+            model=MODEL,
+            format=options["format"],
+            stems=tuple(options["stems"].split(",")) if "stems" in options else None,
+        )
+        uploads.append(
+            Submission(
+                key=f"upload-{index:04d}",
+                kind=kind,
+                data=b"",  # never published by the run: the intake makes the job
+                attributes={},
+                expected_code=None,
+                job=job,
+                output_prefix=ctx.default_prefix(job),
+            )
+        )
+    return uploads
 
 
 def _drain(
