@@ -54,9 +54,9 @@ CPU_POD_VCPUS: Final = 4
 worker; torch's scaling beyond a few threads on this model is unmeasured here)."""
 TRACK_S: Final = 240.0
 CPU_PATHS: Final = {
-    "fp32": "fp32 eager, today",
-    "bf16-autocast": "bf16 autocast, patch",
-    "openvino-bf16": "OpenVINO bf16, patch",
+    "fp32": "fp32 eager, the default",
+    "bf16-autocast": "bf16 autocast, STEM_PRECISION=bf16",
+    "openvino-bf16": "OpenVINO bf16, STEM_CPU_RUNTIME=openvino",
 }
 """The CPU forwards planned for CPU-only nodes (``bench cpu-path`` variants)."""
 CURRENT_IN_FLIGHT: Final = 2
@@ -435,7 +435,9 @@ def render(
         "  come from a 2-vCPU VM on a shared host). Treat CPU-bound rates as upper bounds.",
         "- The vCPUs' own speed: the costs were measured on this box's CPU; Cascade Lake (g2, a2)",
         "  vCPUs are likely slower, Sapphire Rapids (a3, c3) similar or faster. c3's AMX could",
-        "  make a bf16 CPU forward much faster than this box (avx512_bf16, no AMX) shows.",
+        "  make a bf16 CPU forward much faster than the box `bench cpu-path` ran on shows",
+        "  (avx512_bf16, no AMX); on a CPU without bf16 instructions (AVX2 only) bf16 is",
+        "  emulated and slower than fp32 (bench/README.md).",
         "- CPU-node workers: torch's scaling beyond a few threads on this model is unmeasured",
         "  here (2 vCPUs); the model assumes perfect scaling within a "
         f"{CPU_POD_VCPUS}-vCPU worker.",
@@ -595,7 +597,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--qualities",
         default="2,3",
-        help="MP3 -q values to plan for (2: today's default, 3: the measured recommendation)",
+        help="MP3 -q values to plan for (2: Demucs' own writer, 3: STEM_MP3_QUALITY's "
+        "default, chosen by bench costs)",
     )
     parser.add_argument("--out", type=Path, default=DOC)
     ns = parser.parse_args(argv)
@@ -622,8 +625,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         costs = by_quality[quality]
         for shape in shapes:
             if shape.accelerator is None:
-                # Today's fp32 eager forward, and the faster CPU paths bench/PRODUCT_PATCH.diff
-                # would enable (as separate rows, named for the path).
+                # The default fp32 eager forward, and the opt-in faster CPU paths
+                # (STEM_PRECISION=bf16, STEM_CPU_RUNTIME=openvino) as rows of their own.
                 for variant, label in CPU_PATHS.items():
                     if variant not in forward:
                         continue

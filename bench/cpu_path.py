@@ -8,17 +8,21 @@ chunk by chunk as ``DemucsSeparator`` does), alternating within each repetition:
 - ``bf16-autocast``: the same under ``torch.autocast("cpu", torch.bfloat16)``;
 - ``torchscript``: ``torch.jit.trace`` + ``freeze`` + ``optimize_for_inference`` (oneDNN
   fusions), fp32;
-- ``onnxruntime`` / ``openvino-f32`` / ``openvino-bf16``: the model's network exported to
-  ONNX (``torch.onnx.export``) and run by ONNX Runtime or OpenVINO (``openvino.Core``,
-  ``INFERENCE_PRECISION_HINT``).
+- ``onnxruntime``: the model's network exported to ONNX (``torch.onnx.export``) and run
+  by ONNX Runtime;
+- ``openvino-f32`` / ``openvino-bf16``: the worker's ``STEM_CPU_RUNTIME=openvino`` with
+  ``STEM_PRECISION`` fp32 / bf16 — the model's network exported by ``torch.export`` and
+  compiled by OpenVINO (``consumer.separation.openvino.compile_network``, the code the
+  worker runs; ``INFERENCE_PRECISION_HINT`` f32 / bf16).
 
 The whole model does not export: its spectrogram is complex (``torch.stft`` /
 ``view_as_complex`` / ``istft``), which ``torch.onnx.export`` and OpenVINO's converter
 refuse (what each said is in the report). So the graph runtimes run the *network* — from
 the CaC spectrogram and the waveform in, to the six stems' spectrograms and waveforms out
 — and the STFT, the complex re-assembly and the iSTFT stay in PyTorch
-(:class:`_Network`, :func:`_split_forward`: HTDemucs 4.1.0's ``forward``, cut in three).
-The split is checked against the model's own forward before anything is timed.
+(``consumer.separation.openvino``: ``Network``, ``split_forward``: HTDemucs 4.1.0's
+``forward``, cut in three). The split is checked against the model's own forward before
+anything is timed.
 
 Speed: per forward, this process's CPU time (all threads) and wall time; ratios to fp32
 paired rep by rep (run back to back, so drift on a shared box cancels) and as a ratio of
@@ -56,6 +60,8 @@ from bench.costs import _cpu_s
 from bench.fidelity import snr_db
 from bench.runtime import environment
 from bench.workload import DEFAULT_CACHE_DIR, synth_track
+from consumer.separation import Precision
+from consumer.separation.openvino import Network, NetworkFn, compile_network, split_forward
 from devkit.models import build_model
 
 __all__ = ["main", "run_cpu_path"]
@@ -65,80 +71,6 @@ DEFAULT_JSON: Final = _RESULTS / "cpu-path.json"
 SPEEDUP_TARGET: Final = 1.3
 SNR_TARGET_DB: Final = 40.0
 Forward = Callable[[torch.Tensor], torch.Tensor]
-
-
-class _Network(torch.nn.Module):
-    """The real-valued middle of ``HTDemucs.forward`` (demucs 4.1.0): CaC spectrogram and
-    waveform in, stems' spectrograms (un-normalised) and waveforms out. ``x`` is the
-    magnitude input ``[B, 2C, Fr, T]``, ``mix`` the waveform ``[B, C, L]`` (at the
-    training length)."""
-
-    def __init__(self, model: HTDemucs) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        B, _, Fq, T = x.shape
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        std = x.std(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) / (1e-5 + std)
-        xt = mix
-        meant = xt.mean(dim=(1, 2), keepdim=True)
-        stdt = xt.std(dim=(1, 2), keepdim=True)
-        xt = (xt - meant) / (1e-5 + stdt)
-        saved, saved_t, lengths, lengths_t = [], [], [], []
-        for idx, encode in enumerate(m.encoder):
-            lengths.append(x.shape[-1])
-            inject = None
-            if idx < len(m.tencoder):
-                lengths_t.append(xt.shape[-1])
-                tenc = m.tencoder[idx]
-                xt = tenc(xt)
-                if not tenc.empty:
-                    saved_t.append(xt)
-                else:
-                    inject = xt
-            x = encode(x, inject)
-            if idx == 0 and m.freq_emb is not None:
-                frs = torch.arange(x.shape[-2], device=x.device)
-                emb = m.freq_emb(frs).t()[None, :, :, None].expand_as(x)
-                x = x + m.freq_emb_scale * emb
-            saved.append(x)
-        if m.crosstransformer:
-            x, xt = m.crosstransformer(x, xt)
-        for idx, decode in enumerate(m.decoder):
-            skip = saved.pop(-1)
-            x, pre = decode(x, skip, lengths.pop(-1))
-            offset = m.depth - len(m.tdecoder)
-            if idx >= offset:
-                tdec = m.tdecoder[idx - offset]
-                length_t = lengths_t.pop(-1)
-                if tdec.empty:
-                    xt, _ = tdec(pre[:, :, 0], None, length_t)
-                else:
-                    xt, _ = tdec(xt, saved_t.pop(-1), length_t)
-        S = len(m.sources)
-        x = x.view(B, S, -1, Fq, T) * std[:, None] + mean[:, None]
-        xt = xt.view(B, S, -1, mix.shape[-1]) * stdt[:, None] + meant[:, None]
-        return x, xt
-
-
-NetworkFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-def _split_forward(model: HTDemucs, network: NetworkFn, mix: torch.Tensor) -> torch.Tensor:
-    """``model(mix)`` with its network replaced by ``network``: STFT and iSTFT in torch."""
-    length = mix.shape[-1]
-    training_length = int(model.segment * model.samplerate)
-    if length < training_length:
-        mix = F.pad(mix, (0, training_length - length))
-    z = model._spec(mix)
-    mag = model._magnitude(z)
-    x, xt = network(mag, mix)
-    x = model._ispec(model._mask(z, x), training_length)
-    out: torch.Tensor = (xt + x)[..., :length]
-    return out
 
 
 # --- the variants ------------------------------------------------------------------------------
@@ -205,7 +137,7 @@ def _export_onnx(model: HTDemucs, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings(), torch.no_grad(), _no_mha_fastpath():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _Network(model).eval(),
+            Network(model).eval(),
             _network_inputs(model, example),
             str(path),
             input_names=["spec", "mix"],
@@ -231,26 +163,15 @@ def _onnxruntime(model: HTDemucs, onnx_path: Path, threads: int) -> Forward:
     return _wrapped(model, network)
 
 
-def _openvino(model: HTDemucs, onnx_path: Path, threads: int, precision: str) -> Forward:
-    import openvino as ov  # optional: the "cpu-path" extra
-
-    compiled = ov.Core().compile_model(
-        str(onnx_path),
-        "CPU",
-        {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads},
-    )
-
-    def network(spec: torch.Tensor, mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        result = compiled([spec.numpy(), mix.numpy()])
-        return torch.from_numpy(result[0].copy()), torch.from_numpy(result[1].copy())
-
-    return _wrapped(model, network)
+def _openvino(model: HTDemucs, threads: int, precision: Precision) -> Forward:
+    """What the worker runs with ``STEM_CPU_RUNTIME=openvino`` (optional: the extra)."""
+    return _wrapped(model, compile_network(model, precision=precision, threads=threads))
 
 
 def _wrapped(model: HTDemucs, network: NetworkFn) -> Forward:
     def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return _split_forward(model, network, x)
+            return split_forward(model, network, x)
 
     return forward
 
@@ -361,10 +282,10 @@ def run_cpu_path(
         # The split must be the model: checked before anything is timed.
         with torch.inference_mode():
             whole = model(example)
-            split = _split_forward(model, _Network(model), example)
+            split = split_forward(model, Network(model), example)
         notes["split_forward_max_abs_diff"] = float((whole - split).abs().max())
         built: dict[str, Variant] = {}
-        if any(v.startswith(("onnxruntime", "openvino")) for v in variants):
+        if "onnxruntime" in variants:
             started = time.perf_counter()
             try:
                 _export_onnx(model, example, onnx_path)
@@ -375,6 +296,7 @@ def run_cpu_path(
             notes["whole_model_onnx_export"] = (
                 _onnx_direct_error(model, example, Path(tmp) / "whole.onnx") or "ok"
             )
+        if any(v.startswith("openvino") for v in variants):
             with contextlib.suppress(ImportError):
                 notes["whole_model_openvino_convert"] = (
                     _openvino_direct_error(model, example) or "ok"
@@ -384,8 +306,8 @@ def run_cpu_path(
             "bf16-autocast": lambda: _autocast(model),
             "torchscript": lambda: _torchscript(model, example),
             "onnxruntime": lambda: _onnxruntime(model, onnx_path, threads),
-            "openvino-f32": lambda: _openvino(model, onnx_path, threads, "f32"),
-            "openvino-bf16": lambda: _openvino(model, onnx_path, threads, "bf16"),
+            "openvino-f32": lambda: _openvino(model, threads, "fp32"),
+            "openvino-bf16": lambda: _openvino(model, threads, "bf16"),
         }
         for name in ("fp32", *[v for v in variants if v != "fp32"]):
             built[name] = _build(name, makers[name])

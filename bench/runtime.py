@@ -87,6 +87,21 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The CPU features a CPU forward's speed depends on (bf16: AVX512-BF16 or AMX).
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def _cpu_flags() -> list[str] | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [flag for flag in _CPU_FLAGS if flag in present]
+    except OSError:
+        pass
+    return None
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """What a number in the report depends on besides the code."""
     status = _git("status", "--porcelain")
@@ -98,6 +113,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "demucs": metadata.version("demucs"),
         "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),

@@ -31,6 +31,7 @@ def load_separator(settings: Settings, metrics: Metrics | None = None) -> Demucs
         shifts=settings.shifts,
         batch_size=settings.segment_batch,
         precision=settings.precision,
+        cpu_runtime=settings.cpu_runtime,
     )
     if metrics is not None:
         metrics.model_load.set(separator.load_seconds)

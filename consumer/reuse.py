@@ -72,6 +72,7 @@ def output_settings(settings: Settings) -> dict[str, object]:
         "STEM_SHIFTS": settings.shifts,
         "STEM_SEGMENT_SECONDS": settings.segment_seconds,
         "STEM_PRECISION": settings.precision,
+        "STEM_CPU_RUNTIME": settings.cpu_runtime,  # another graph runtime, other floats
         "STEM_MP3_QUALITY": settings.mp3_quality,
         # the analysis written beside the stems: the silent flags and the peaks.json
         "STEM_SILENCE_LUFS": settings.silence_lufs,

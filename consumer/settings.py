@@ -201,12 +201,13 @@ class Settings(BaseSettings):
         description="STEM_ENCODE_WORKERS: stems encoded in parallel (0 = one per CPU core).",
     )
     mp3_quality: int = Field(
-        2,
+        3,
         ge=0,
         le=9,
-        description="STEM_MP3_QUALITY: LAME's -q for MP3 stems, 2 = Demucs' own writer "
-        "(0 best/slowest, 9 fastest). The bitrate (CBR) is the job's; this only trades "
-        "encoder search effort for CPU.",
+        description="STEM_MP3_QUALITY: LAME's -q for MP3 stems (0 best/slowest, 9 fastest). "
+        "Default 3: half the encoding CPU of Demucs' own writer (-q 2) with no SNR or "
+        "spectral loss measured (`python -m bench costs`); it drops -q 2's substep noise "
+        "shaping. The bitrate (CBR) is the job's; this only trades encoder effort for CPU.",
     )
     segment_batch: int = Field(
         0,
@@ -217,8 +218,16 @@ class Settings(BaseSettings):
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
-        description="STEM_PRECISION: fp32, or bf16/fp16 autocast on CUDA (faster; parity "
-        "reported by the bench).",
+        description="STEM_PRECISION: fp32 (default: stems equal Demucs' own), or bf16 "
+        "(autocast on CUDA or a CPU, or OpenVINO's bf16 with STEM_CPU_RUNTIME=openvino) or "
+        "fp16 (autocast, CUDA only): faster where the device has the instructions, stems "
+        "close to fp32 but not equal (`python -m bench cpu-path`, bench/gpu_check.sh).",
+    )
+    cpu_runtime: Literal["torch", "openvino"] = Field(
+        "torch",
+        description="STEM_CPU_RUNTIME: what runs the model's network on a CPU: torch "
+        "(default) or openvino (compiled at start-up; needs the `openvino` extra; the "
+        "STFT/iSTFT stay in torch; bf16 with STEM_PRECISION=bf16). Ignored on CUDA.",
     )
     metrics_port: int = Field(
         9090,
@@ -263,6 +272,18 @@ class Settings(BaseSettings):
     def _check_backoff(self) -> Settings:
         if self.min_retry_backoff_s > self.max_retry_backoff_s:
             raise ValueError("STEM_MIN_RETRY_BACKOFF_S must not exceed STEM_MAX_RETRY_BACKOFF_S")
+        return self
+
+    @model_validator(mode="after")
+    def _check_inference(self) -> Settings:
+        # What the separator would refuse at start-up, said in the operator's words.
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("STEM_PRECISION=fp16 needs CUDA; on a CPU use fp32 or bf16")
+        if self.cpu_runtime == "openvino":
+            if self.precision == "fp16":
+                raise ValueError("STEM_CPU_RUNTIME=openvino runs STEM_PRECISION fp32 or bf16")
+            if self.shifts:
+                raise ValueError("STEM_CPU_RUNTIME=openvino needs STEM_SHIFTS=0")
         return self
 
     @property

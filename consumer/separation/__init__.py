@@ -5,6 +5,7 @@
   normalisation, the one out-of-memory error);
 - :mod:`.reference` — Demucs' own ``apply_model`` path (bags, shifts; the parity reference);
 - :mod:`.batched` — the batched, streamed rewrite of it for one HTDemucs;
+- :mod:`.openvino` — the model's network compiled by OpenVINO for a CPU (optional);
 - :mod:`.demucs` — ``DemucsSeparator``, which picks the path.
 """
 
@@ -17,11 +18,12 @@ from consumer.separation.base import (
     Stems,
 )
 from consumer.separation.demucs import DemucsSeparator
-from consumer.separation.loading import Device, Precision, resolve_device
+from consumer.separation.loading import CpuRuntime, Device, Precision, resolve_device
 
 __all__ = [
     "Audio",
     "CancelledFn",
+    "CpuRuntime",
     "DemucsSeparator",
     "Device",
     "Precision",

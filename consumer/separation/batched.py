@@ -9,6 +9,8 @@ by the batch, not the track. Its parity with Demucs' path is tested.
 On CUDA: pinned host memory and non-blocking copies, optional bf16/fp16 autocast, and the
 batch sized at warm-up from the memory one chunk takes. Out of memory mid-job, the batch is
 halved (and remembered, so the next job starts at a size that fitted) before giving up.
+On a CPU: optional bf16 autocast, or the model's network run by another runtime
+(``network``, e.g. OpenVINO: :mod:`.openvino`) between torch's STFT and iSTFT.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from demucs.utils import center_trim
 
 from consumer.separation.base import CancelledFn, ProgressFn, SeparationCancelled, Stems
 from consumer.separation.loading import Precision, normalisation, out_of_memory
+from consumer.separation.openvino import NetworkFn, split_forward
 
 __all__ = ["BatchedHTDemucs"]
 
@@ -42,6 +45,7 @@ class BatchedHTDemucs:
         overlap: float,
         batch_size: int,
         precision: Precision,
+        network: NetworkFn | None = None,
     ) -> None:
         self.model = model
         self.device = device
@@ -49,6 +53,8 @@ class BatchedHTDemucs:
         self.overlap = overlap
         self.batch_size = batch_size
         self.precision = precision
+        # The model's network compiled by another runtime (STEM_CPU_RUNTIME), or torch's.
+        self.network = network
 
     def blocks(
         self,
@@ -141,12 +147,17 @@ class BatchedHTDemucs:
         cuda = self.device.type == "cuda"
         if cuda:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        with (
-            torch.inference_mode(),
-            torch.autocast("cuda", dtype=dtype, enabled=cuda and dtype is not None),
-        ):
-            result = self.model(batch)
+        if self.network is not None:
+            # The runtime was compiled for its precision; no autocast around it.
+            with torch.inference_mode():
+                result = split_forward(self.model, self.network, batch)
+        else:
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+            with (
+                torch.inference_mode(),
+                torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None),
+            ):
+                result = self.model(batch)
         host = result.float().to("cpu")
         return [center_trim(host[i], n) for i, n in enumerate(lengths)]
 

@@ -4,7 +4,10 @@ It loads with Demucs' own loader (``demucs.pretrained.get_model``, :mod:`.loadin
 separates either through Demucs' own ``apply_model`` (:mod:`.reference`) or, for the
 fleet's configuration (one HTDemucs, no random shifts), through the batched rewrite of it
 (:mod:`.batched`). Both reproduce ``demucs.api.Separator.separate_tensor`` step for step,
-so the stems equal the reference API's within float tolerance (tested).
+so the stems equal the reference API's within float tolerance (tested) at the default
+precision (fp32) and CPU runtime (torch). On a CPU, bf16 autocast and OpenVINO
+(:mod:`.openvino`) are opt-in: faster where the CPU supports them, close to fp32 but not
+equal (``python -m bench cpu-path``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from consumer.errors import ModelLoadError
 from consumer.separation.base import Audio, CancelledFn, ProgressFn, Stems
 from consumer.separation.batched import BatchedHTDemucs
 from consumer.separation.loading import (
+    CpuRuntime,
     DemucsModel,
     Device,
     Precision,
@@ -33,6 +37,7 @@ from consumer.separation.loading import (
     resolve_device,
     segment_lengths,
 )
+from consumer.separation.openvino import NetworkFn, compile_network, require_openvino
 from consumer.separation.reference import separate_with_apply_model
 from stem_contracts import model_version as _model_version
 
@@ -60,13 +65,22 @@ class DemucsSeparator:
         load_seconds: float = 0.0,
         batch_size: int = 0,
         precision: Precision = "fp32",
+        cpu_runtime: CpuRuntime = "torch",
     ) -> None:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if shifts < 0:
             raise ValueError(f"shifts must be >= 0, got {shifts}")
-        if precision != "fp32" and device.type != "cuda":
+        # bf16 runs on CPUs too (fast with AVX512-BF16 or AMX); fp16 autocast on a CPU is
+        # slow and not what fp16 is for.
+        if precision == "fp16" and device.type != "cuda":
             raise ValueError(f"precision {precision} needs a CUDA device (this one is {device})")
+        on_openvino = cpu_runtime == "openvino" and device.type == "cpu"
+        if precision == "bf16" and device.type == "cpu" and not on_openvino and not _cpu_has_bf16():
+            _log.warning(
+                "precision bf16 on a CPU without AVX512-BF16 or AMX: emulated, likely slower "
+                "than fp32 (python -m bench cpu-path measures it)"
+            )
         self._model = model
         self._name = name
         self._sources = tuple(model.sources)
@@ -81,6 +95,14 @@ class DemucsSeparator:
         self.precision: Precision = precision
         self.separations = 0
         self._lock = threading.Lock()
+        # STEM_CPU_RUNTIME=openvino: the network compiled once, here (ignored on CUDA).
+        network: NetworkFn | None = None
+        self.cpu_runtime: CpuRuntime = "torch"
+        if on_openvino:
+            if not isinstance(model, HTDemucs) or shifts:
+                raise ValueError("cpu_runtime openvino runs one HTDemucs with shifts=0 only")
+            network = compile_network(model, precision=precision, threads=torch.get_num_threads())
+            self.cpu_runtime = "openvino"
         # Batching covers the fleet's configuration (one HTDemucs, no random shifts); a bag
         # of models or shifts > 0 take Demucs' own apply_model path unchanged.
         self._batched = (
@@ -91,6 +113,7 @@ class DemucsSeparator:
                 overlap=overlap,
                 batch_size=batch_size if batch_size > 0 else default_batch_size(device),
                 precision=precision,
+                network=network,
             )
             if isinstance(model, HTDemucs) and shifts == 0
             else None
@@ -108,6 +131,7 @@ class DemucsSeparator:
         segment: float | None = None,
         batch_size: int = 0,
         precision: Precision = "fp32",
+        cpu_runtime: CpuRuntime = "torch",
         warm_up: bool | None = None,
     ) -> DemucsSeparator:
         """Load ``name`` with ``demucs.pretrained.get_model`` and place it on ``device``.
@@ -116,11 +140,16 @@ class DemucsSeparator:
         device: measured against free memory on CUDA). ``warm_up`` (default: on CUDA) runs
         one batch at load so the first job does not pay for kernel selection.
 
+        ``cpu_runtime`` openvino compiles the model's network with OpenVINO on a CPU (bf16
+        with ``precision`` bf16); it is ignored on CUDA.
+
         ``repo=None`` is the hub (and its cache); a folder is a local Demucs model folder.
         Any failure is a ``ModelLoadError``: without its model the worker cannot run.
         """
         started = time.perf_counter()
         target = resolve_device(device)
+        if cpu_runtime == "openvino" and target.type == "cpu":
+            require_openvino()  # before the model loads: a missing package fails fast
         model = load_model(name, repo)
         try:
             model.to(target)
@@ -136,6 +165,7 @@ class DemucsSeparator:
                 segment=segment,
                 batch_size=batch_size,
                 precision=precision,
+                cpu_runtime=cpu_runtime,
             )
             if warm_up if warm_up is not None else target.type == "cuda":
                 separator.warm_up(auto_batch=batch_size <= 0)
@@ -147,6 +177,8 @@ class DemucsSeparator:
             extra={
                 "model": name,
                 "device": str(target),
+                "precision": precision,
+                "cpuRuntime": separator.cpu_runtime,
                 "sources": separator.sources,
                 "loadSeconds": round(separator.load_seconds, 3),
             },
@@ -249,3 +281,9 @@ class DemucsSeparator:
             # torch.from_numpy warns on read-only arrays and refuses negative strides.
             array = array.copy()
         return torch.from_numpy(array)
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX) for bf16 autocast."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, private
+    return any(bool(getattr(torch.cpu, name, lambda: True)()) for name in probes)

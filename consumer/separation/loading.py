@@ -20,6 +20,7 @@ from demucs.pretrained import get_model
 from consumer.errors import DeviceOutOfMemory, ModelLoadError
 
 __all__ = [
+    "CpuRuntime",
     "DemucsModel",
     "Device",
     "Precision",
@@ -34,6 +35,7 @@ __all__ = [
 
 Device = Literal["auto", "cuda", "cpu"]
 Precision = Literal["fp32", "bf16", "fp16"]
+CpuRuntime = Literal["torch", "openvino"]
 
 # demucs.api.Separator.separate_tensor adds this to the reference's standard deviation.
 _STD_EPSILON = 1e-8

@@ -65,6 +65,7 @@ def test_the_sample_format_and_clip_mode_of_a_wav_job_change_the_key() -> None:
         {"silence_lufs": -40.0},
         {"waveform_points": 500},
         {"segment_seconds": 3.0},
+        {"cpu_runtime": "openvino"},
     ],
 )
 def test_every_worker_setting_that_changes_the_output_changes_the_key(
@@ -80,6 +81,7 @@ def test_output_settings_lists_each_output_setting_once() -> None:
         "STEM_SHIFTS",
         "STEM_SEGMENT_SECONDS",
         "STEM_PRECISION",
+        "STEM_CPU_RUNTIME",
         "STEM_MP3_QUALITY",
         "STEM_SILENCE_LUFS",
         "STEM_WAVEFORM_POINTS",

@@ -425,6 +425,6 @@ def test_shifts_take_demucs_own_apply_path(repo: Path) -> None:
     assert DemucsSeparator.load(MODEL, repo=repo, device="cpu", shifts=0).batched
 
 
-def test_half_precision_needs_cuda(repo: Path) -> None:
+def test_fp16_needs_cuda(repo: Path) -> None:
     with pytest.raises(ModelLoadError, match="CUDA"):
-        DemucsSeparator.load(MODEL, repo=repo, device="cpu", precision="bf16")
+        DemucsSeparator.load(MODEL, repo=repo, device="cpu", precision="fp16")
