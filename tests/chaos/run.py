@@ -78,7 +78,9 @@ class ChaosConfig:
     workers: int = 3
     poison_fraction: float = 0.2
     kill_every_s: float = 3.0
-    """Mean interval between SIGKILLs (each interval drawn from 0.5-1.5 times this)."""
+    """Mean interval between SIGKILLs (each interval drawn from 0.5-1.5 times this), or
+    the workers' start-up time when that is longer: a fleet killed faster than it can
+    start again does no work at all, and that proves nothing (CPUs differ twofold)."""
     max_kills: int = 0
     """Kills in all (0: until every job has ended)."""
     fault_rate: float = 0.10
@@ -119,6 +121,8 @@ class ChaosReport:
     retried: dict[str, int] = field(default_factory=dict)
     max_attempt: int = 0
     kills: int = 0
+    kill_every_s: float = 0.0
+    """The mean interval between kills the run used (see ``ChaosConfig.kill_every_s``)."""
     abandoned_by_kills: int = 0
     redealt_by_relay: int = 0
     """Messages of killed workers the emulator never redelivered (the relay did): a finding
@@ -178,7 +182,7 @@ class ChaosReport:
             ),
             (
                 "Chaos: kills survived",
-                f"{self.kills} SIGKILLs (a ready worker every ~{c.kill_every_s:g} s); "
+                f"{self.kills} SIGKILLs (a ready worker every ~{self.kill_every_s:.1f} s); "
                 f"{self.abandoned_by_kills} jobs held by a killed worker "
                 + (
                     f"(FINDING: {self.redealt_by_relay} of them stranded by the emulator after "
@@ -275,7 +279,9 @@ class _Submitter:
 
 
 class _Monkey(threading.Thread):
-    """Kills a random worker every ``kill_every_s`` on average, and starts another."""
+    """Kills a random worker every ``every_s`` on average, and starts another: the
+    configured interval, or the workers' median start-up when that is longer (measured
+    on the first starts, so call :meth:`start` once the fleet is ready)."""
 
     def __init__(self, fleet: Fleet, config: ChaosConfig) -> None:
         super().__init__(name="chaos-monkey", daemon=True)
@@ -283,9 +289,15 @@ class _Monkey(threading.Thread):
         self._config = config
         self._rng = random.Random(config.seed + 1)
         self.stopped = threading.Event()
+        self.every_s = config.kill_every_s
+
+    def start(self) -> None:
+        startups = self._fleet.start_up_seconds()
+        self.every_s = max(self._config.kill_every_s, statistics.median(startups or [0.0]))
+        super().start()
 
     def run(self) -> None:
-        every, limit = self._config.kill_every_s, self._config.max_kills
+        every, limit = self.every_s, self._config.max_kills
         while not self.stopped.wait(self._rng.uniform(0.5, 1.5) * every):
             if limit and self._fleet.kills >= limit:
                 return
@@ -391,6 +403,7 @@ def run_chaos(
     report.retried = dict(ledger.retried())
     report.max_attempt = ledger.max_attempt
     report.kills = fleet.kills
+    report.kill_every_s = monkey.every_s
     report.worker_starts = len(fleet.incarnations)
     report.start_up_s = [round(s, 2) for s in fleet.start_up_seconds()]
     report.peak_rss_bytes = fleet.peak_rss_bytes
