@@ -31,13 +31,14 @@ from consumer.events import EventPublisher, JobIds, progress_reporter
 from consumer.manifest import check_stems, existing_result, output_prefix, remove_stems
 from consumer.pipeline import Pipeline
 from consumer.reporting import report_failure
-from consumer.reuse import ReuseIndex
+from consumer.reuse import REUSE_PREFIX, ReuseIndex
 from consumer.separation import Separator
 from consumer.settings import Settings
 from consumer.stems import DEFAULT_MEMORY_LIMIT_BYTES
 from consumer.storage import BlobStore
 from consumer.telemetry import Metrics
 from stem_contracts import (
+    CANCEL_PREFIX,
     ContractError,
     Job,
     StemsProcessing,
@@ -181,6 +182,15 @@ class JobHandler:
             bucket, _ = split_gcs_uri(uri)
             if not self.settings.bucket_allowed(bucket):
                 raise BucketNotAllowed(f"bucket {bucket} is not in STEM_ALLOWED_BUCKETS")
+        bucket, path = split_gcs_uri(output_prefix(job, self.settings.output_bucket))
+        top = path.strip("/").split("/", 1)[0]
+        reserved = {REUSE_PREFIX.strip("/"), CANCEL_PREFIX.strip("/")}
+        if bucket == self.settings.output_bucket and top in reserved:
+            # The fleet's own bookkeeping: stems there could overwrite reuse pointers or
+            # cancel markers (and be deleted by their lifecycle rule).
+            raise InvalidMessage(
+                f"outputUri gs://{bucket}/{top}/… is reserved for the fleet's {top} objects"
+            )
         if job.model != self.settings.model:
             raise InvalidMessage(
                 f"model {job.model} is not served by this fleet (it runs {self.settings.model})"

@@ -720,3 +720,15 @@ def test_a_failed_cancel_check_does_not_fail_the_job(make_rig: MakeRig) -> None:
 
     assert rig.handle(make_job()) is Outcome.ACK
     assert isinstance(rig.processed(), StemsProcessed)
+
+
+@pytest.mark.parametrize("reserved", ["_reuse", "_cancel"])
+def test_an_output_uri_under_the_fleets_own_prefixes_is_refused(rig: Rig, reserved: str) -> None:
+    """Stems written there could overwrite reuse pointers or cancel markers."""
+    outcome = rig.handle(make_job(output_uri=f"gs://{OUTPUT_BUCKET}/{reserved}/x"))
+
+    assert outcome is Outcome.ACK
+    assert rig.failed().error.code == "invalid_message"
+    assert "reserved" in rig.failed().error.message
+    assert len(rig.events.dead_letters) == 1
+    assert rig.store.calls_of("upload") == []

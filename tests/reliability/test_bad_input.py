@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from consumer import audio
 from consumer.errors import AudioTooLong, PermanentError, StemError
 from consumer.handler import Delivery, JobHandler, Outcome
+from consumer.reuse import REUSE_PREFIX, Pointer
 from consumer.runner import Worker
 from consumer.settings import Settings
 from devkit.synth import multi_instrument_mix
@@ -148,8 +149,15 @@ def test_any_body_and_attributes_end_processed_or_dead_lettered_with_a_reason(
         job = decode_job(data)
         prefix = job.output_uri or f"gs://{OUTPUT}/stems/{job.track_id}/{job.job_id}"
         assert writes
+        # Besides the job's own objects: at most its reuse pointer, naming its manifest.
+        pointers = [uri for uri in writes if uri.startswith(f"gs://{OUTPUT}/{REUSE_PREFIX}/")]
+        assert len(pointers) <= 1
+        for uri in pointers:
+            body = rig.store.objects[uri].data
+            assert Pointer.model_validate_json(body).manifest_uri == f"{prefix}/manifest.json"
         for uri in writes:
-            _assert_under(prefix, uri)
+            if uri not in pointers:
+                _assert_under(prefix, uri)
     tally.rows = [
         (
             "Bad input: hypothesis bodies and attributes (job handler)",
