@@ -152,8 +152,9 @@ def _through_uploads(
     for job, final, wall in finals:
         if isinstance(final, StemsProcessed):
             how = f"stems copied from {final.reused_from}" if final.reused_from else "separated"
+            device = "" if final.usage is None else f", device {final.usage.device_seconds} s"
             console.print(
-                f"  {job.job_id}: {how}; worker {final.processing_time_ms} ms, "
+                f"  {job.job_id}: {how}; worker {final.processing_time_ms} ms{device}, "
                 f"upload to stems.processed {wall:.2f} s"
             )
     return finals[0][0], finals[0][1]
