@@ -210,17 +210,18 @@ def test_a_manifest_of_another_job_under_the_same_id_is_not_reused(
 
 
 def test_a_manifest_written_before_sample_formats_existed_answers_a_pcm16_job(rig: Rig) -> None:
-    """Manifests from before issue 18 have no ``sampleFormat``: their wav stems are pcm16."""
-    rig.handle(make_job())
+    """Manifests from before issue 18 have no ``sampleFormat``: their wav stems are pcm16.
+    (Reuse off: a reuse copy would also spare the separation and hide a wrong answer.)"""
+    rig.handle(make_job(reuse=False))
     manifest = f"{DEFAULT_PREFIX}/manifest.json"
     body = json.loads(rig.store.objects[manifest].data)
     for stem in body["stems"]:
         assert stem.pop("sampleFormat") == "pcm16"
     rig.store.put(manifest, json.dumps(body).encode(), "application/json")
 
-    assert rig.handle(make_job(), attempt=2) is Outcome.ACK
+    assert rig.handle(make_job(reuse=False), attempt=2) is Outcome.ACK
     assert rig.separator.calls == 1  # answered from the old manifest
-    assert rig.handle(make_job(sample_format="pcm24"), attempt=3) is Outcome.ACK
+    assert rig.handle(make_job(sample_format="pcm24", reuse=False), attempt=3) is Outcome.ACK
     assert rig.separator.calls == 2  # not a pcm24 job's result
 
 
