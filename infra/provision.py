@@ -87,20 +87,25 @@ def desired_subscriptions(settings: Settings, project: str) -> list[pubsub_v1.ty
     """The subscriptions the fleet needs, as Pub/Sub protos."""
     topic = f"projects/{project}/topics/"
     sub = f"projects/{project}/subscriptions/"
-    jobs = pubsub_v1.types.Subscription(
-        name=sub + settings.jobs_subscription,
-        topic=topic + settings.jobs_topic,
-        ack_deadline_seconds=settings.ack_deadline_s,
-        dead_letter_policy=pubsub_v1.types.DeadLetterPolicy(
-            dead_letter_topic=topic + settings.dlq_topic,
-            max_delivery_attempts=settings.max_delivery_attempts,
-        ),
-        retry_policy=pubsub_v1.types.RetryPolicy(
-            minimum_backoff=_duration(settings.min_retry_backoff_s),
-            maximum_backoff=_duration(settings.max_retry_backoff_s),
-        ),
-        expiration_policy=_NEVER_EXPIRE,
-    )
+
+    def dead_lettering(name: str, topic_name: str) -> pubsub_v1.types.Subscription:
+        """A work subscription: its deliveries dead-letter to stem-dlq, with backoff."""
+        return pubsub_v1.types.Subscription(
+            name=sub + name,
+            topic=topic + topic_name,
+            ack_deadline_seconds=settings.ack_deadline_s,
+            dead_letter_policy=pubsub_v1.types.DeadLetterPolicy(
+                dead_letter_topic=topic + settings.dlq_topic,
+                max_delivery_attempts=settings.max_delivery_attempts,
+            ),
+            retry_policy=pubsub_v1.types.RetryPolicy(
+                minimum_backoff=_duration(settings.min_retry_backoff_s),
+                maximum_backoff=_duration(settings.max_retry_backoff_s),
+            ),
+            expiration_policy=_NEVER_EXPIRE,
+        )
+
+    jobs = dead_lettering(settings.jobs_subscription, settings.jobs_topic)
     dlq = pubsub_v1.types.Subscription(
         name=sub + settings.dlq_subscription,
         topic=topic + settings.dlq_topic,
@@ -110,20 +115,7 @@ def desired_subscriptions(settings: Settings, project: str) -> list[pubsub_v1.ty
     )
     # Upload notifications: a notification the intake cannot turn into a job and cannot
     # dead-letter itself (its publish keeps failing) reaches stem-dlq through this policy.
-    uploads = pubsub_v1.types.Subscription(
-        name=sub + settings.uploads_subscription,
-        topic=topic + settings.uploads_topic,
-        ack_deadline_seconds=settings.ack_deadline_s,
-        dead_letter_policy=pubsub_v1.types.DeadLetterPolicy(
-            dead_letter_topic=topic + settings.dlq_topic,
-            max_delivery_attempts=settings.max_delivery_attempts,
-        ),
-        retry_policy=pubsub_v1.types.RetryPolicy(
-            minimum_backoff=_duration(settings.min_retry_backoff_s),
-            maximum_backoff=_duration(settings.max_retry_backoff_s),
-        ),
-        expiration_policy=_NEVER_EXPIRE,
-    )
+    uploads = dead_lettering(settings.uploads_subscription, settings.uploads_topic)
     return [jobs, dlq, uploads]
 
 
