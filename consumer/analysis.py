@@ -68,6 +68,9 @@ class LoudnessMeter:
         self._channels = channels
         self._frames = 0
         self._quarter = int(_BLOCK_S / _QUARTERS * sample_rate)
+        import scipy.signal  # on first use, as in _k_weighting
+
+        self._sosfilt = scipy.signal.sosfilt
         self._sos = _k_weighting(sample_rate)
         self._state = np.zeros((len(self._sos), channels, 2))
         self._quarters: list[npt.NDArray[np.float64]] = []  # sums of squares, [channels, k]
@@ -75,10 +78,8 @@ class LoudnessMeter:
         self._partial_frames = 0
 
     def add(self, block: npt.NDArray[np.float32]) -> None:
-        import scipy.signal  # see _k_weighting
-
         # float64 (the sections and state are): sosfilt filters a float64 copy of the block
-        weighted, self._state = scipy.signal.sosfilt(self._sos, block, axis=-1, zi=self._state)
+        weighted, self._state = self._sosfilt(self._sos, block, axis=-1, zi=self._state)
         squares = np.square(weighted, out=weighted)
         start = 0
         if self._partial_frames:  # finish the quarter the last block began
